@@ -1,0 +1,161 @@
+# Copyright: kvm.live_migration maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A small wrapper around one libvirt connection.
+
+One ``Hypervisor`` is one open connection, opened once and closed on exit, so a module makes
+exactly the connections it needs (the migration runner needs a second one to the source to
+watch the job, because the connection running a managed migration answers nothing useful
+until the migration ends). The libvirt binding is passed in, which is how the unit tests
+substitute their fake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import re
+import traceback
+import xml.etree.ElementTree as ET
+
+from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError, libvirt_errors
+
+try:
+    import libvirt
+except ImportError:
+    libvirt = None
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+else:
+    LIBVIRT_IMPORT_ERROR = None
+
+_UUID = re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.IGNORECASE)
+_STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")
+
+
+def _discard_libvirt_error(_context, _error):
+    """libvirt prints every error to stderr by default; errors reach us as exceptions instead."""
+
+
+class GuestState:
+    """Where a guest is and what it is doing, as one hypervisor sees it."""
+
+    def __init__(self, name, uuid, state, persistent):
+        self.name = name
+        self.uuid = uuid
+        self.state = state
+        self.persistent = persistent
+
+    @property
+    def running(self):
+        return self.state in ("running", "blocked")
+
+    @property
+    def paused(self):
+        return self.state == "paused"
+
+    def as_dict(self):
+        return {"name": self.name, "uuid": self.uuid, "state": self.state, "persistent": self.persistent}
+
+
+class Hypervisor:
+    """One libvirt connection to one hypervisor. Use as a context manager."""
+
+    def __init__(self, uri, libvirt_module=None):
+        self.uri = uri
+        self.lv = libvirt_module or libvirt
+        self._conn = None
+        self._hostname = None
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *_exc):
+        self.close()
+
+    def open(self):
+        if self.lv is None:
+            raise MigrationError(
+                "the Python libvirt binding is not installed on the host running this module",
+                fix="pip install libvirt-python (needs libvirt-dev and pkg-config to build) on that host",
+            )
+        self.lv.registerErrorHandler(_discard_libvirt_error, None)
+        with libvirt_errors(self.lv, f"connecting to libvirt at {self.uri}"):
+            self._conn = self.lv.open(self.uri)
+
+    def close(self):
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        # A daemon that went away (e.g. the host rebooted) leaves nothing to release.
+        with contextlib.suppress(self.lv.libvirtError):
+            conn.close()
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            raise MigrationError(f"no open libvirt connection to {self.uri}", fix="open the Hypervisor before use")
+        return self._conn
+
+    def hostname(self):
+        if self._hostname is None:
+            with libvirt_errors(self.lv, f"asking {self.uri} for its host name"):
+                self._hostname = self.conn.getHostname()
+        return self._hostname
+
+    def host_uuid(self):
+        with libvirt_errors(self.lv, f"reading the capabilities of {self.uri}"):
+            capabilities = ET.fromstring(self.conn.getCapabilities())
+        return capabilities.findtext("host/uuid")
+
+    def versions(self):
+        with libvirt_errors(self.lv, f"reading versions from {self.uri}"):
+            return {"libvirt": _dotted(self.conn.getLibVersion()), "hypervisor": _dotted(self.conn.getVersion())}
+
+    def find_domain(self, name_or_uuid):
+        """The domain with this name or UUID, or None when the hypervisor has none."""
+        lookup = self.conn.lookupByUUIDString if _UUID.match(name_or_uuid) else self.conn.lookupByName
+        try:
+            return lookup(name_or_uuid)
+        except self.lv.libvirtError as error:
+            if error.get_error_code() == self.lv.VIR_ERR_NO_DOMAIN:
+                return None
+            raise MigrationError(f"looking up guest {name_or_uuid!r} on {self.uri} failed: {error}") from error
+
+    def guest_state(self, name_or_uuid):
+        """A GuestState for the guest, or None when this hypervisor does not know it."""
+        domain = self.find_domain(name_or_uuid)
+        if domain is None:
+            return None
+        try:
+            state, _reason = domain.state()
+            return GuestState(domain.name(), domain.UUIDString(), self.state_name(state),
+                              bool(domain.isPersistent()))
+        except self.lv.libvirtError as error:
+            # Gone between lookup and state(): a transient guest that just migrated away or stopped.
+            if error.get_error_code() == self.lv.VIR_ERR_NO_DOMAIN:
+                return None
+            raise MigrationError(f"reading the state of {name_or_uuid!r} on {self.uri} failed: {error}") from error
+
+    def state_name(self, state):
+        for name in _STATE_NAMES:
+            if getattr(self.lv, f"VIR_DOMAIN_{name.upper()}", None) == state:
+                return name
+        return f"unknown({state})"
+
+
+def client_versions(libvirt_module=None):
+    """Versions of the libvirt binding and client library on this host, for failure reports."""
+    lv = libvirt_module or libvirt
+    if lv is None:
+        return {"libvirt_python": None, "libvirt_client": None}
+    try:
+        binding = importlib.metadata.version("libvirt-python")
+    except importlib.metadata.PackageNotFoundError:
+        binding = None  # a distribution package (python3-libvirt) without pip metadata
+    return {"libvirt_python": binding, "libvirt_client": _dotted(lv.getVersion())}
+
+
+def _dotted(version):
+    """libvirt encodes versions as major * 1,000,000 + minor * 1,000 + release."""
+    return f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"

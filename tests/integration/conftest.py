@@ -1,0 +1,136 @@
+"""The lab for integration tests: two real hypervisors (tests/lab/lab.sh) and Ansible against them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_SH = REPO / "tests" / "lab" / "lab.sh"
+VENV = Path(os.environ.get("KVMLM_VENV", "/opt/kvmlm/venv"))
+TICK = re.compile(r"KVMLM boot=(\w+) tick=(\d+)")
+
+
+def pytest_collection_modifyitems(items):
+    if os.geteuid() != 0:
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason="the lab needs root (namespaces, libvirtd)"))
+
+
+def lab(*args, check=True, timeout=300):
+    return subprocess.run([str(LAB_SH), *args], check=check, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Ticks:
+    boot: str
+    ticks: list
+
+    @property
+    def first(self):
+        return self.ticks[0]
+
+    @property
+    def last(self):
+        return self.ticks[-1]
+
+
+class Lab:
+    """Handles on a running lab: hypervisor commands, guest consoles and Ansible runs."""
+
+    def __init__(self):
+        self.state = Path(os.environ.get("KVMLM_LAB_STATE", "/var/tmp/kvmlm-lab"))
+        self.inventory = self.state / "inventory.yml"
+        collections = subprocess.run([str(REPO / "tests" / "lab" / "collection-path.sh")], check=True,
+                                     capture_output=True, text=True).stdout.strip()
+        self.env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
+                    "ANSIBLE_COLLECTIONS_PATH": collections, "ANSIBLE_NOCOLOR": "1"}
+
+    def virsh(self, host, *args):
+        return lab("exec", host, "virsh", "-q", "-c", "qemu:///system", *args).stdout
+
+    def running_guests(self, host):
+        return set(self.virsh(host, "list", "--name").split())
+
+    def defined_guests(self, host):
+        return set(self.virsh(host, "list", "--all", "--name").split())
+
+    def start_guest(self, host, name, memory_mib=512, dirty_mib=64, pages_per_s=0):
+        lab("guest-start", host, name, str(memory_mib), str(dirty_mib), str(pages_per_s))
+
+    def remove_guest(self, name):
+        for host in ("hv1", "hv2"):
+            if name in self.running_guests(host):
+                self.virsh(host, "destroy", name)
+            if name in self.defined_guests(host):
+                self.virsh(host, "undefine", name)
+
+    def console(self, host, name):
+        """The guest's counter lines as printed on its serial console on ``host``."""
+        path = self.state / host / "log" / "qemu" / f"{name}-serial.log"
+        lines = [TICK.search(line) for line in path.read_text(errors="replace").splitlines()] if path.exists() else []
+        matches = [match for match in lines if match]
+        if not matches:
+            return None
+        boots = {match.group(1) for match in matches}
+        assert len(boots) == 1, f"{name} on {host} booted more than once: {sorted(boots)}"
+        return Ticks(boot=matches[0].group(1), ticks=[int(match.group(2)) for match in matches])
+
+    def wait_for_tick_after(self, host, name, tick, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ticks = self.console(host, name)
+            if ticks and ticks.last > tick:
+                return ticks
+            time.sleep(0.5)
+        raise AssertionError(f"{name} on {host} printed no tick after {tick} within {timeout} s")
+
+    def playbook(self, playbook, extra_vars=None, check=False):
+        """Run a playbook; return (exit code, its output)."""
+        command = [str(VENV / "bin" / "ansible-playbook"), "-i", str(self.inventory), str(playbook)]
+        for key, value in (extra_vars or {}).items():
+            command += ["-e", json.dumps({key: value})]
+        if check:
+            command.append("--check")
+        completed = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=900, check=False)
+        return completed.returncode, completed.stdout + completed.stderr
+
+    def module(self, host, args, tmp_path, check=False):
+        """Run kvm.live_migration.migrate once on ``host``; return its registered result."""
+        playbook, result_file = tmp_path / "migrate.yml", tmp_path / "result.json"
+        playbook.write_text(textwrap.dedent(f"""\
+            - hosts: {host}
+              gather_facts: false
+              tasks:
+                - kvm.live_migration.migrate: {json.dumps(args)}
+                  register: migrate_result
+                  ignore_errors: true
+                - ansible.builtin.copy:
+                    content: "{{{{ migrate_result | to_json }}}}"
+                    dest: {result_file}
+                    mode: "0644"
+                  delegate_to: localhost
+                  check_mode: false
+            """))
+        code, output = self.playbook(playbook, check=check)
+        assert code == 0 and result_file.exists(), output
+        return json.loads(result_file.read_text())
+
+
+@pytest.fixture(scope="session")
+def running_lab():
+    lab("up", timeout=600)
+    try:
+        yield Lab()
+    finally:
+        lab("down", timeout=300)
+        leftovers = lab("check-clean", check=False)
+        assert leftovers.returncode == 0, f"lab teardown left things behind:\n{leftovers.stdout}"

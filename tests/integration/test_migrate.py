@@ -1,0 +1,116 @@
+"""kvm.live_migration.migrate against two real hypervisors (QEMU under TCG, libvirt 9)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REPO
+
+GUEST = "dirty"
+BANDWIDTH_MIB = 64
+MAX_DOWNTIME_MS = 500
+LAB_TRANSPORT = {"transport": "tcp", "allow_insecure": True}  # the lab's private bridge
+
+
+@pytest.fixture(scope="module")
+def dirty_guest(running_lab):
+    """A 512 MiB guest rewriting 2,000 random pages/s (8 MiB/s) of a 128 MiB working set on hv1."""
+    running_lab.start_guest("hv1", GUEST, memory_mib=512, dirty_mib=128, pages_per_s=2000)
+    yield GUEST
+    running_lab.remove_guest(GUEST)
+
+
+def run_shipped_playbook(running_lab, tmp_path, check=False):
+    """Run playbooks/migrate.yml; return (exit code, printed output, the module's result)."""
+    result_file = tmp_path / "migration.json"
+    extra_vars = {"migrate_guest": GUEST, "migrate_source": "hv1", "migrate_destination": "hv2",
+                  "migrate_transport": "tcp", "migrate_allow_insecure": True, "migrate_bandwidth": BANDWIDTH_MIB,
+                  "migrate_max_downtime_ms": MAX_DOWNTIME_MS, "migrate_result_file": str(result_file)}
+    code, output = running_lab.playbook(REPO / "playbooks" / "migrate.yml", extra_vars, check=check)
+    assert result_file.exists(), output
+    return code, output, json.loads(result_file.read_text())
+
+
+def test_check_mode_reports_and_moves_nothing(running_lab, dirty_guest, tmp_path):
+    code, output, migrate = run_shipped_playbook(running_lab, tmp_path, check=True)
+    assert code == 0, output
+    assert migrate["changed"] is True
+    assert migrate["migration"]["status"] == "would_migrate"
+    assert running_lab.running_guests("hv1") == {dirty_guest}
+    assert running_lab.defined_guests("hv2") == set()
+
+
+def test_migration_moves_the_running_guest(running_lab, dirty_guest, tmp_path):
+    before = running_lab.console("hv1", dirty_guest)
+    code, output, migrate = run_shipped_playbook(running_lab, tmp_path)
+
+    assert code == 0, output
+    migration = migrate["migration"]
+    assert migrate["changed"] is True
+    assert (migration["status"], migration["owner"], migration["source"], migration["destination"]) == (
+        "completed", "hv2", "hv1", "hv2")
+    # The guest runs on hv2 only, defined there, gone from hv1.
+    assert running_lab.running_guests("hv2") == {dirty_guest}
+    assert running_lab.defined_guests("hv1") == set()
+    # QEMU's measurements come back in the result.
+    assert 0 < migration["downtime_ms"] <= MAX_DOWNTIME_MS
+    assert migration["data_sent_bytes"] > 128 * 1024 * 1024  # at least the dirtied working set
+    assert migration["data_total_bytes"] >= 512 * 1024 * 1024
+    assert migration["passes"] >= 2
+    assert migration["total_time_ms"] > 0
+    assert [entry["pass"] for entry in migration["timeline"]] == sorted({e["pass"] for e in migration["timeline"]})
+    assert '"completed: hv1 -> hv2, guest runs on hv2"' in output
+
+    # Same boot, and the counter went on from where the source left it.
+    source = running_lab.console("hv1", dirty_guest)
+    destination = running_lab.wait_for_tick_after("hv2", dirty_guest, source.last + 5)
+    assert source.boot == destination.boot == before.boot
+    assert source.last >= before.last
+    assert 1 <= destination.first - source.last <= 2, (source.last, destination.first)
+    assert destination.ticks == sorted(destination.ticks)
+
+
+def test_second_run_finds_the_guest_already_migrated(running_lab, dirty_guest, tmp_path):
+    for check in (False, True):
+        code, output, migrate = run_shipped_playbook(running_lab, tmp_path, check=check)
+        assert code == 0, output
+        assert migrate["changed"] is False
+        assert (migrate["migration"]["status"], migrate["migration"]["owner"]) == ("already_migrated", "hv2")
+    assert running_lab.running_guests("hv2") == {dirty_guest}
+
+
+def test_cleartext_transport_is_refused_without_allow_insecure(running_lab, dirty_guest, tmp_path):
+    result = running_lab.module("hv2", {"name": dirty_guest, "dest_host": "hv1", "transport": "tcp"}, tmp_path)
+    assert result["failed"] is True
+    assert "transport=tcp" in result["msg"]
+    assert "allow_insecure" in result["msg"]
+    assert running_lab.running_guests("hv2") == {dirty_guest}
+
+
+def test_unknown_guest_is_reported_on_neither_host(running_lab, tmp_path):
+    result = running_lab.module("hv1", {"name": "no-such-guest", "dest_host": "hv2", **LAB_TRANSPORT}, tmp_path)
+    assert result["failed"] is True
+    assert "'no-such-guest' was found on neither hv1 nor hv2" in result["msg"]
+
+
+def test_timeout_aborts_and_leaves_the_guest_running_on_the_source(running_lab, tmp_path):
+    """A guest dirtying 40,000 random pages/s (156 MiB/s) never converges at 64 MiB/s: the budget aborts it."""
+    running_lab.start_guest("hv1", "heavy", memory_mib=512, dirty_mib=384, pages_per_s=40000)
+    try:
+        before = running_lab.console("hv1", "heavy")
+        result = running_lab.module("hv1", {"name": "heavy", "dest_host": "hv2", "bandwidth": BANDWIDTH_MIB,
+                                            "timeout": 20, **LAB_TRANSPORT}, tmp_path)
+        migration = result["migration"]
+        assert result["failed"] is True
+        assert (migration["status"], migration["owner"]) == ("aborted", "hv1")
+        assert [action["what"] for action in migration["actions"]] == ["abort"]
+        assert "timeout of 20 s" in migration["actions"][0]["why"]
+        assert migration["timeline"][-1]["ratio"] > 0.5
+        assert running_lab.running_guests("hv1") == {"heavy"}
+        assert "heavy" not in running_lab.defined_guests("hv2")
+        after = running_lab.wait_for_tick_after("hv1", "heavy", running_lab.console("hv1", "heavy").last)
+        assert after.boot == before.boot
+        assert after.ticks == sorted(after.ticks)
+    finally:
+        running_lab.remove_guest("heavy")

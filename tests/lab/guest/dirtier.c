@@ -1,0 +1,126 @@
+/*
+ * Guest workload for the kvm.live_migration lab: PID 1 of a tiny initramfs.
+ *
+ * Reads its settings from the kernel command line:
+ *   kvmlm.touch_mib=N   MiB filled with non-zero data once at boot (default: kvmlm.mib)
+ *   kvmlm.mib=N         working set that is dirtied, in MiB (default 64)
+ *   kvmlm.rate=N        pages dirtied per second; 0 = idle, -1 = as fast as possible (default 0)
+ *   kvmlm.tick_ms=N     interval between counter lines (default 200)
+ *
+ * Prints "KVMLM boot=<boot id> tick=<n> dirtied=<pages>" on the console every tick so a test
+ * can prove the same guest (same boot id) kept running across a migration (tick never resets).
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096UL
+#define SLICE_NS 10000000L /* rate control slice: 10 ms */
+
+static long param(const char *cmdline, const char *key, long fallback)
+{
+    const char *p = strstr(cmdline, key);
+    if (!p)
+        return fallback;
+    return strtol(p + strlen(key), NULL, 10);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_until(uint64_t deadline)
+{
+    struct timespec ts = {.tv_sec = deadline / 1000000000ULL, .tv_nsec = deadline % 1000000000ULL};
+    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+}
+
+static uint64_t xorshift(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+static void read_file(const char *path, char *buf, size_t len)
+{
+    int fd = open(path, O_RDONLY);
+    ssize_t n = fd >= 0 ? read(fd, buf, len - 1) : -1;
+    buf[n > 0 ? n : 0] = '\0';
+    if (fd >= 0)
+        close(fd);
+    char *nl = strchr(buf, '\n');
+    if (nl)
+        *nl = '\0';
+}
+
+int main(void)
+{
+    char cmdline[4096], boot_id[64], line[160];
+
+    mount("proc", "/proc", "proc", 0, NULL);
+    mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+    read_file("/proc/cmdline", cmdline, sizeof cmdline);
+    read_file("/proc/sys/kernel/random/boot_id", boot_id, sizeof boot_id);
+    boot_id[8] = '\0';
+
+    long mib = param(cmdline, "kvmlm.mib=", 64);
+    long touch_mib = param(cmdline, "kvmlm.touch_mib=", mib);
+    long rate = param(cmdline, "kvmlm.rate=", 0);
+    long tick_ms = param(cmdline, "kvmlm.tick_ms=", 200);
+    size_t bytes = (size_t)(touch_mib > mib ? touch_mib : mib) << 20;
+    size_t working_pages = ((size_t)mib << 20) / PAGE;
+    uint64_t seed = now_ns() | 1;
+
+    unsigned char *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
+        dprintf(1, "KVMLM error: cannot map %ld MiB\n", touch_mib);
+        for (;;)
+            pause();
+    }
+    for (size_t off = 0; off < ((size_t)touch_mib << 20); off += 8)
+        *(uint64_t *)(mem + off) = xorshift(&seed);
+    dprintf(1, "KVMLM ready boot=%s mib=%ld touch_mib=%ld rate=%ld\n", boot_id, mib, touch_mib, rate);
+
+    uint64_t tick = 0, dirtied = 0;
+    uint64_t next_tick = now_ns(), slice_end = now_ns();
+    long per_slice = rate > 0 ? (rate * SLICE_NS + 999999999L) / 1000000000L : 0;
+    for (;;) {
+        if (rate != 0 && working_pages > 0) {
+            long batch = rate > 0 ? per_slice : 256;
+            for (long i = 0; i < batch; i++) {
+                size_t page = xorshift(&seed) % working_pages;
+                *(uint64_t *)(mem + page * PAGE + (seed & (PAGE - 8))) = dirtied++;
+            }
+        }
+        uint64_t t = now_ns();
+        if (t >= next_tick) {
+            int n = snprintf(line, sizeof line, "KVMLM boot=%s tick=%llu dirtied=%llu\n", boot_id,
+                             (unsigned long long)tick++, (unsigned long long)dirtied);
+            write(1, line, (size_t)n);
+            next_tick += (uint64_t)tick_ms * 1000000ULL;
+            if (next_tick < t)
+                next_tick = t + (uint64_t)tick_ms * 1000000ULL;
+        }
+        if (rate > 0) {
+            slice_end += SLICE_NS;
+            if (slice_end < t) /* fell behind (e.g. throttled): do not try to catch up */
+                slice_end = t + SLICE_NS;
+            sleep_until(slice_end);
+        } else if (rate == 0) {
+            sleep_until(next_tick);
+        }
+    }
+}

@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# The kvm.live_migration lab: two real hypervisors (hv1, hv2) on this machine.
+#
+# Each hypervisor is a network namespace (veth on a private bridge) plus its own mount and UTS
+# namespace in which /run, /etc/libvirt, /var/lib/libvirt, /var/log/libvirt, /var/cache/libvirt,
+# /etc/hosts and /root/.ssh are bind-mounted from the lab state directory. Each runs its own
+# virtlogd, libvirtd (distinct host_uuid) and sshd. The image directory is shared by both
+# (shared storage). Guests run under TCG because nested KVM does not work on these machines.
+#
+#   lab.sh up                 bring the lab up (idempotent: tears down a half-built lab first)
+#   lab.sh down               remove every namespace, link, process and file the lab created
+#   lab.sh status             print the lab's state; exits 1 when it is not up
+#   lab.sh check-clean        exits 1 and lists leftovers if anything of the lab remains
+#   lab.sh exec HOST CMD...   run CMD inside hypervisor HOST (hv1 or hv2)
+#   lab.sh guest-start HOST NAME [MEMORY_MIB MIB RATE]   define and start a guest on HOST
+#   lab.sh inventory          print the path of the generated Ansible inventory
+set -euo pipefail
+
+LAB_STATE=${KVMLM_LAB_STATE:-/var/tmp/kvmlm-lab}
+LAB_IMAGES=${KVMLM_LAB_IMAGES:-/var/cache/kvmlm-lab/images}
+LAB_VENV=${KVMLM_VENV:-/opt/kvmlm/venv}
+LAB_BRIDGE=kvmlm0
+LAB_NET=10.251.77
+LAB_CONTROLLER_IP=$LAB_NET.1
+HOSTS=(hv1 hv2)
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+declare -A HOST_IP=([hv1]=$LAB_NET.11 [hv2]=$LAB_NET.12)
+
+log() { printf 'lab: %s\n' "$*" >&2; }
+die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
+
+netns_of() { echo "kvmlm-$1"; }
+ns_file() { echo "$LAB_STATE/ns/$1.$2"; }
+
+require_root() { [ "$(id -u)" -eq 0 ] || die "run as root (namespaces, bridges and libvirtd need it)"; }
+
+require_tools() {
+    local tool missing=()
+    for tool in ip unshare nsenter libvirtd virtlogd virsh /usr/sbin/sshd ssh-keygen qemu-system-x86_64 gcc cpio; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (run tests/lab/install-deps.sh)"
+    [ -x "$LAB_VENV/bin/python" ] || die "no Python venv at $LAB_VENV (run tests/lab/install-deps.sh)"
+}
+
+# Run a command inside hypervisor $1's network, mount and UTS namespaces.
+in_host() {
+    local host=$1
+    shift
+    nsenter --net="/run/netns/$(netns_of "$host")" --mount="$(ns_file "$host" mnt)" \
+        --uts="$(ns_file "$host" uts)" -- "$@"
+}
+
+make_network() {
+    ip link add "$LAB_BRIDGE" type bridge
+    ip addr add "$LAB_CONTROLLER_IP/24" dev "$LAB_BRIDGE"
+    ip link set "$LAB_BRIDGE" up
+    local host netns
+    for host in "${HOSTS[@]}"; do
+        netns=$(netns_of "$host")
+        ip netns add "$netns"
+        ip link add "$netns" type veth peer name eth0 netns "$netns"
+        ip link set "$netns" master "$LAB_BRIDGE" up
+        ip -n "$netns" addr add "${HOST_IP[$host]}/24" dev eth0
+        ip -n "$netns" link set eth0 up
+        ip -n "$netns" link set lo up
+    done
+}
+
+make_ssh_trust() {
+    local dir=$LAB_STATE/ssh host
+    mkdir -p "$dir"
+    ssh-keygen -q -t ed25519 -N '' -C kvmlm-lab -f "$dir/id_ed25519"
+    cp "$dir/id_ed25519.pub" "$dir/authorized_keys"
+    : >"$dir/known_hosts"
+    for host in "${HOSTS[@]}"; do
+        ssh-keygen -q -t ed25519 -N '' -C "$host" -f "$LAB_STATE/$host/ssh_host_ed25519_key"
+        printf '%s,%s %s\n' "$host" "${HOST_IP[$host]}" \
+            "$(cut -d' ' -f1,2 "$LAB_STATE/$host/ssh_host_ed25519_key.pub")" >>"$dir/known_hosts"
+    done
+    # What root's ssh client sees inside a hypervisor (libvirtd's qemu+ssh:// peer-to-peer link).
+    mkdir -p "$dir/root"
+    cp "$dir/id_ed25519" "$dir/id_ed25519.pub" "$dir/known_hosts" "$dir/root/"
+    printf 'Host *\n  StrictHostKeyChecking yes\n  BatchMode yes\n  User root\n' >"$dir/root/config"
+    chmod 700 "$dir/root"
+    chmod 600 "$dir/root/id_ed25519"
+}
+
+write_hosts_file() {
+    {
+        echo "127.0.0.1 localhost"
+        echo "$LAB_CONTROLLER_IP controller"
+        local host
+        for host in "${HOSTS[@]}"; do echo "${HOST_IP[$host]} $host"; done
+    } >"$LAB_STATE/hosts"
+}
+
+make_host_tree() {
+    local host=$1 root=$LAB_STATE/$1
+    mkdir -p "$root"/{run,lib,log/qemu,cache}
+    cp -a /etc/libvirt "$root/etc"
+    cp -a /var/lib/libvirt/. "$root/lib/"
+    rm -f "$root"/etc/qemu/networks/autostart/*.xml
+    cat >>"$root/etc/libvirtd.conf" <<EOF
+
+# kvm.live_migration lab ($host)
+host_uuid = "$(cat /proc/sys/kernel/random/uuid)"
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+EOF
+    cat >>"$root/etc/qemu.conf" <<EOF
+
+# kvm.live_migration lab ($host): images are shared by both hosts; do not track ownership in xattrs.
+remember_owner = 0
+# No systemd or writable cgroup hierarchy for a namespaced libvirtd: let QEMU run without cgroups.
+cgroup_controllers = [ ]
+EOF
+    cat >"$root/sshd_config" <<EOF
+ListenAddress ${HOST_IP[$host]}
+HostKey $root/ssh_host_ed25519_key
+PidFile /run/sshd.pid
+AuthorizedKeysFile $LAB_STATE/ssh/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+EOF
+}
+
+# Creates the persistent mount + UTS namespaces of $1 (inside its network namespace) with its
+# private directories bind-mounted over the system ones.
+make_host_namespaces() {
+    local host=$1 root=$LAB_STATE/$1
+    touch "$(ns_file "$host" mnt)" "$(ns_file "$host" uts)"
+    # nsenter, not "ip netns exec": the latter runs in a throw-away mount namespace, which would
+    # swallow the bind-mounts that make the new namespaces persistent.
+    # shellcheck disable=SC2016 # the script expands its own arguments inside the namespaces
+    nsenter --net="/run/netns/$(netns_of "$host")" unshare --mount="$(ns_file "$host" mnt)" \
+        --uts="$(ns_file "$host" uts)" --propagation private sh -euc '
+            root=$1; host=$2; state=$3
+            mount -t sysfs sysfs /sys
+            mount --bind "$root/run" /run
+            mount --bind "$root/etc" /etc/libvirt
+            mount --bind "$root/lib" /var/lib/libvirt
+            mount --bind "$root/log" /var/log/libvirt
+            mount --bind "$root/cache" /var/cache/libvirt
+            mount --bind "$state/hosts" /etc/hosts
+            if [ -c /dev/kvm ]; then
+                # Give /dev/kvm the mode a Debian host has (0660 root:kvm, QEMU user in group kvm).
+                # This sandbox has it 0600 root: libvirt then finds KVM in its probe (run as root) but
+                # not for the QEMU user, calls its cache stale and re-probes QEMU on every lookup.
+                mknod -m 0660 "$root/kvm" c 10 232
+                chgrp kvm "$root/kvm"
+                mount --bind "$root/kvm" /dev/kvm
+            fi
+            mkdir -p /root/.ssh
+            mount --bind "$state/ssh/root" /root/.ssh
+            hostname "$host"
+        ' sh "$root" "$host" "$LAB_STATE"
+}
+
+start_daemons() {
+    local host=$1
+    # shellcheck disable=SC2016 # the script expands its own arguments inside the namespaces
+    in_host "$host" sh -euc '
+        mkdir -p /run/sshd /run/libvirt
+        virtlogd -d
+        libvirtd -d
+        /usr/sbin/sshd -f "$1"
+    ' sh "$LAB_STATE/$host/sshd_config"
+}
+
+wait_for_host() {
+    local host=$1 tries=0
+    until in_host "$host" virsh -q -c qemu:///system version >/dev/null 2>&1; do
+        tries=$((tries + 1))
+        [ $tries -lt 60 ] || die "libvirtd on $host did not answer within 30 s (see $LAB_STATE/$host/log/libvirtd.log)"
+        sleep 0.5
+    done
+    tries=0
+    until lab_ssh "$host" true 2>/dev/null; do
+        tries=$((tries + 1))
+        [ $tries -lt 20 ] || die "sshd on $host (${HOST_IP[$host]}) does not accept the lab key"
+        sleep 0.5
+    done
+}
+
+lab_ssh() {
+    local host=$1
+    shift
+    ssh -i "$LAB_STATE/ssh/id_ed25519" -o UserKnownHostsFile="$LAB_STATE/ssh/known_hosts" \
+        -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=5 "root@${HOST_IP[$host]}" "$@"
+}
+
+write_inventory() {
+    local host
+    {
+        echo "# Generated by tests/lab/lab.sh up; removed by lab.sh down."
+        echo "all:"
+        echo "  vars:"
+        echo "    ansible_user: root"
+        echo "    ansible_python_interpreter: $LAB_VENV/bin/python"
+        echo "    ansible_ssh_private_key_file: $LAB_STATE/ssh/id_ed25519"
+        echo "    ansible_ssh_common_args: >-"
+        echo "      -o UserKnownHostsFile=$LAB_STATE/ssh/known_hosts -o StrictHostKeyChecking=yes"
+        echo "      -o ControlMaster=auto -o ControlPersist=30s -o ControlPath=$LAB_STATE/cp-%C"
+        echo "    kvmlm_lab_images: $LAB_IMAGES"
+        echo "    kvmlm_lab_state: $LAB_STATE"
+        echo "  children:"
+        echo "    hypervisors:"
+        echo "      hosts:"
+        for host in "${HOSTS[@]}"; do
+            echo "        $host:"
+            echo "          ansible_host: ${HOST_IP[$host]}"
+            echo "          kvmlm_lab_log_dir: $LAB_STATE/$host/log"
+        done
+    } >"$LAB_STATE/inventory.yml"
+}
+
+cmd_up() {
+    require_root
+    require_tools
+    if lab_exists; then
+        log "a previous lab is still here: tearing it down first"
+        cmd_down
+    fi
+    log "building the guest image in $LAB_IMAGES"
+    "$HERE/guest/build.sh" "$LAB_IMAGES"
+    chmod 0755 "$(dirname "$LAB_IMAGES")" "$LAB_IMAGES"
+    mkdir -p "$LAB_STATE/ns"
+    # Persistent namespace files must live on a private mount, or the bind-mount of the namespace fails.
+    mount --bind "$LAB_STATE/ns" "$LAB_STATE/ns"
+    mount --make-private "$LAB_STATE/ns"
+    make_network
+    write_hosts_file
+    local host
+    for host in "${HOSTS[@]}"; do make_host_tree "$host"; done
+    make_ssh_trust
+    for host in "${HOSTS[@]}"; do
+        make_host_namespaces "$host"
+        start_daemons "$host"
+    done
+    for host in "${HOSTS[@]}"; do wait_for_host "$host"; done
+    write_inventory
+    log "up: hv1=${HOST_IP[hv1]} hv2=${HOST_IP[hv2]}; inventory $LAB_STATE/inventory.yml"
+}
+
+lab_exists() {
+    [ -e "$LAB_STATE" ] || ip link show "$LAB_BRIDGE" >/dev/null 2>&1 || {
+        local host
+        for host in "${HOSTS[@]}"; do ip netns list | grep -qw "$(netns_of "$host")" && return 0; done
+        return 1
+    }
+}
+
+# Every process that lives in one of the lab's network namespaces: daemons, QEMU, ssh sessions.
+lab_pids() {
+    local host
+    for host in "${HOSTS[@]}"; do
+        ip netns pids "$(netns_of "$host")" 2>/dev/null || true
+    done
+}
+
+kill_lab_processes() {
+    local pids tries
+    pids=$(lab_pids)
+    [ -z "$pids" ] && return 0
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    for tries in $(seq 1 50); do
+        pids=$(lab_pids)
+        [ -z "$pids" ] && return 0
+        sleep 0.1
+    done
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+    sleep 0.2
+}
+
+cmd_down() {
+    require_root
+    local host
+    kill_lab_processes
+    # Controller-side ssh multiplexers that still point at the lab hosts.
+    pkill -f -- "ControlPath=$LAB_STATE/" 2>/dev/null || true
+    for host in "${HOSTS[@]}"; do
+        for kind in mnt uts; do
+            umount "$(ns_file "$host" $kind)" 2>/dev/null || true
+        done
+        ip netns del "$(netns_of "$host")" 2>/dev/null || true
+        ip link del "$(netns_of "$host")" 2>/dev/null || true
+    done
+    ip link del "$LAB_BRIDGE" 2>/dev/null || true
+    umount "$LAB_STATE/ns" 2>/dev/null || true
+    rm -rf "$LAB_STATE"
+    cmd_check_clean >/dev/null || die "teardown left things behind: $(cmd_check_clean 2>&1 | tr '\n' ' ')"
+    log "down"
+}
+
+cmd_check_clean() {
+    local leftovers=() host
+    for host in "${HOSTS[@]}"; do
+        ip netns list | grep -qw "$(netns_of "$host")" && leftovers+=("netns $(netns_of "$host")")
+        ip link show "$(netns_of "$host")" >/dev/null 2>&1 && leftovers+=("link $(netns_of "$host")")
+    done
+    ip link show "$LAB_BRIDGE" >/dev/null 2>&1 && leftovers+=("bridge $LAB_BRIDGE")
+    [ -e "$LAB_STATE" ] && leftovers+=("state $LAB_STATE")
+    grep -q " $LAB_STATE" /proc/mounts && leftovers+=("mounts under $LAB_STATE")
+    local pid root_net
+    root_net=$(readlink /proc/self/ns/net)
+    # A lab daemon outlives its namespace's name, so look for hypervisor processes outside the
+    # controller's network namespace, and for anything still naming the lab state directory.
+    for pid in $(pgrep -x libvirtd || true) $(pgrep -x virtlogd || true) $(pgrep -x sshd || true) $(pgrep -f '^[^ ]*qemu-system-' || true) $(pgrep -f -- "$LAB_STATE/" || true); do
+        [ "$pid" = "$$" ] && continue
+        # Daemons are reparented to this machine's init, which may be slow to reap: a zombie holds nothing.
+        [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ] && continue
+        if [ "$(readlink "/proc/$pid/ns/net" 2>/dev/null)" != "$root_net" ] ||
+            tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$LAB_STATE/"; then
+            leftovers+=("process $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-80))")
+        fi
+    done
+    if [ ${#leftovers[@]} -gt 0 ]; then
+        printf 'leftover: %s\n' "${leftovers[@]}"
+        return 1
+    fi
+    echo "clean"
+}
+
+cmd_status() {
+    local host ok=0
+    for host in "${HOSTS[@]}"; do
+        if [ -e "$(ns_file "$host" mnt)" ] && in_host "$host" virsh -q -c qemu:///system list --all 2>/dev/null \
+            | sed "s/^/$host: /"; then
+            echo "$host: libvirtd up at ${HOST_IP[$host]}"
+        else
+            echo "$host: down"
+            ok=1
+        fi
+    done
+    return $ok
+}
+
+guest_xml() {
+    local name=$1 memory=$2 mib=$3 rate=$4
+    cat <<EOF
+<domain type='qemu'>
+  <name>$name</name>
+  <memory unit='MiB'>$memory</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>$LAB_IMAGES/vmlinuz</kernel>
+    <initrd>$LAB_IMAGES/initrd.gz</initrd>
+    <cmdline>console=ttyS0 quiet panic=-1 kvmlm.mib=$mib kvmlm.rate=$rate</cmdline>
+  </os>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='pty'>
+      <log file='/var/log/libvirt/qemu/$name-serial.log' append='on'/>
+      <target port='0'/>
+    </serial>
+    <console type='pty'>
+      <target type='serial' port='0'/>
+    </console>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOF
+}
+
+# Defines NAME persistently on HOST, starts it and waits until its workload reports ready.
+cmd_guest_start() {
+    local host=${1:?host} name=${2:?name} memory=${3:-512} mib=${4:-64} rate=${5:-0}
+    local xml=$LAB_STATE/$name.xml log tries=0
+    guest_xml "$name" "$memory" "$mib" "$rate" >"$xml"
+    in_host "$host" virsh -q -c qemu:///system define "$xml" >/dev/null
+    in_host "$host" virsh -q -c qemu:///system start "$name" >/dev/null
+    log="$LAB_STATE/$host/log/qemu/$name-serial.log"
+    until grep -q "KVMLM boot=.* tick=" "$log" 2>/dev/null; do
+        tries=$((tries + 1))
+        [ $tries -lt 240 ] || die "guest $name on $host printed no tick within 120 s (see $log)"
+        sleep 0.5
+    done
+}
+
+main() {
+    local cmd=${1:-}
+    shift || true
+    case "$cmd" in
+        up) cmd_up ;;
+        down) cmd_down ;;
+        status) cmd_status ;;
+        check-clean) cmd_check_clean ;;
+        exec) [ $# -ge 2 ] || die "usage: lab.sh exec HOST CMD..."; in_host "$@" ;;
+        ssh) lab_ssh "$@" ;;
+        guest-start) cmd_guest_start "$@" ;;
+        inventory) echo "$LAB_STATE/inventory.yml" ;;
+        *) sed -n '2,18s/^# \{0,1\}//p' "$0"; [ -z "$cmd" ] || exit 2 ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,454 @@
+"""A fake ``libvirt`` binding: hypervisors, guests and scripted migrations, all in memory.
+
+A ``FakeCloud`` holds hosts by URI; ``cloud.libvirt`` is a module object to pass wherever the
+code takes the binding. Connections to the same URI share the host, so the source, monitor and
+destination connections of one test see one world.
+
+A guest's ``Migration`` is its script: ``jobStats()`` on the source returns the next sample,
+and once the samples are used up the migration ends, with success (the guest moves to the
+destination) or with the scripted ``failure``. ``migrateToURI3`` blocks until then, or until
+``abortJob()`` ends it. The ``Migration`` records what the code asked for (flags, params,
+downtime limit, abort calls) for the tests to check.
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+import uuid
+from dataclasses import dataclass, field, replace
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+CONSTANTS = {
+    # Error codes (only those the code or tests name), then the three error levels that share the prefix.
+    "VIR_ERR_OK": 0,
+    "VIR_ERR_INTERNAL_ERROR": 1,
+    "VIR_ERR_NO_MEMORY": 2,
+    "VIR_ERR_NO_SUPPORT": 3,
+    "VIR_ERR_NO_CONNECT": 5,
+    "VIR_ERR_OPERATION_FAILED": 9,
+    "VIR_ERR_OPERATION_DENIED": 29,
+    "VIR_ERR_SYSTEM_ERROR": 38,
+    "VIR_ERR_NO_DOMAIN": 42,
+    "VIR_ERR_AUTH_FAILED": 45,
+    "VIR_ERR_OPERATION_INVALID": 55,
+    "VIR_ERR_CONFIG_UNSUPPORTED": 67,
+    "VIR_ERR_OPERATION_TIMEOUT": 68,
+    "VIR_ERR_ARGUMENT_UNSUPPORTED": 74,
+    "VIR_ERR_OPERATION_ABORTED": 78,
+    "VIR_ERR_MIGRATE_UNSAFE": 81,
+    "VIR_ERR_OPERATION_UNSUPPORTED": 84,
+    "VIR_ERR_CPU_INCOMPATIBLE": 91,
+    "VIR_ERR_NONE": 0,
+    "VIR_ERR_WARNING": 1,
+    "VIR_ERR_ERROR": 2,
+    # Domain states.
+    "VIR_DOMAIN_NOSTATE": 0,
+    "VIR_DOMAIN_RUNNING": 1,
+    "VIR_DOMAIN_BLOCKED": 2,
+    "VIR_DOMAIN_PAUSED": 3,
+    "VIR_DOMAIN_SHUTDOWN": 4,
+    "VIR_DOMAIN_SHUTOFF": 5,
+    "VIR_DOMAIN_CRASHED": 6,
+    "VIR_DOMAIN_PMSUSPENDED": 7,
+    "VIR_DOMAIN_RUNNING_MIGRATED": 2,
+    "VIR_DOMAIN_RUNNING_MIGRATION_CANCELED": 6,
+    "VIR_DOMAIN_PAUSED_MIGRATION": 2,
+    "VIR_DOMAIN_SHUTOFF_MIGRATED": 4,
+    # Jobs.
+    "VIR_DOMAIN_JOB_NONE": 0,
+    "VIR_DOMAIN_JOB_UNBOUNDED": 2,
+    "VIR_DOMAIN_JOB_COMPLETED": 3,
+    "VIR_DOMAIN_JOB_STATS_COMPLETED": 1,
+    # Migration flags and parameters.
+    "VIR_MIGRATE_LIVE": 1,
+    "VIR_MIGRATE_PEER2PEER": 2,
+    "VIR_MIGRATE_TUNNELLED": 4,
+    "VIR_MIGRATE_PERSIST_DEST": 8,
+    "VIR_MIGRATE_UNDEFINE_SOURCE": 16,
+    "VIR_MIGRATE_PAUSED": 32,
+    "VIR_MIGRATE_NON_SHARED_DISK": 64,
+    "VIR_MIGRATE_NON_SHARED_INC": 128,
+    "VIR_MIGRATE_CHANGE_PROTECTION": 256,
+    "VIR_MIGRATE_UNSAFE": 512,
+    "VIR_MIGRATE_OFFLINE": 1024,
+    "VIR_MIGRATE_COMPRESSED": 2048,
+    "VIR_MIGRATE_ABORT_ON_ERROR": 4096,
+    "VIR_MIGRATE_AUTO_CONVERGE": 8192,
+    "VIR_MIGRATE_POSTCOPY": 32768,
+    "VIR_MIGRATE_TLS": 65536,
+    "VIR_MIGRATE_PARAM_BANDWIDTH": "bandwidth",
+    "VIR_MIGRATE_PARAM_URI": "migrate_uri",
+    "VIR_MIGRATE_PARAM_LISTEN_ADDRESS": "listen_address",
+}
+C = types.SimpleNamespace(**CONSTANTS)
+
+# A migrateToURI3 that nothing ends within this many real seconds fails, so a broken test cannot hang.
+JOB_LIMIT_S = 10
+
+
+class libvirtError(Exception):  # the binding's spelling
+    def __init__(self, message, code=C.VIR_ERR_INTERNAL_ERROR, level=C.VIR_ERR_ERROR):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.level = level
+
+    def get_error_code(self):
+        return self.code
+
+    def get_error_message(self):
+        return self.message
+
+    def get_error_level(self):
+        return self.level
+
+
+def no_domain(key):
+    return libvirtError(f"Domain not found: no domain with matching name or uuid '{key}'", C.VIR_ERR_NO_DOMAIN)
+
+
+def sample(iteration, *, remaining, processed, total=GIB, bps=64 * MIB, dirty_pages=0, downtime=300, throttle=0):
+    """A jobStats() dict of a running pre-copy migration, with the keys libvirt/QEMU report."""
+    return {
+        "type": C.VIR_DOMAIN_JOB_UNBOUNDED,
+        "memory_iteration": iteration,
+        "memory_remaining": remaining,
+        "memory_processed": processed,
+        "memory_total": total,
+        "memory_bps": bps,
+        "memory_dirty_rate": dirty_pages,
+        "memory_page_size": 4096,
+        "downtime": downtime,
+        "data_processed": processed,
+        "data_total": total,
+        "data_remaining": remaining,
+        "auto_converge_throttle": throttle,
+    }
+
+
+def completed_stats(*, time_elapsed=1712, downtime=31, downtime_net=29, setup_time=2, processed=1_200_000_000,
+                    total=GIB, iterations=4):
+    """jobStats(VIR_DOMAIN_JOB_STATS_COMPLETED) of a migration that succeeded."""
+    return {
+        "type": C.VIR_DOMAIN_JOB_COMPLETED,
+        "time_elapsed": time_elapsed,
+        "downtime": downtime,
+        "downtime_net": downtime_net,
+        "setup_time": setup_time,
+        "data_processed": processed,
+        "data_total": total,
+        "memory_iteration": iterations,
+    }
+
+
+@dataclass
+class Migration:
+    """The script of one guest's migration, and what the code under test did to it."""
+
+    samples: list = field(default_factory=list)
+    completed: dict = field(default_factory=completed_stats)
+    failure: libvirtError | None = None  # ends the migration instead of success when the samples run out
+    abort_failures: int = 0  # abortJob raises this many times before it works
+    abort_ignored: bool = False  # abortJob returns, but the job goes on
+    source_paused_after: bool = False  # after a failure or abort, the source guest is left paused
+    destination_copy_after: bool = False  # after a failure or abort, a copy runs on the destination
+    # Recorded:
+    dconnuri: str | None = None
+    params: dict | None = None
+    flags: int | None = None
+    max_downtime: list = field(default_factory=list)
+    abort_calls: int = 0
+    outcome: str | None = None  # completed, failed or aborted
+
+    def __post_init__(self):
+        self.samples = list(self.samples)
+        self.started = threading.Event()
+        self.ended = threading.Event()
+        self.error = None
+
+    @property
+    def active(self):
+        return self.started.is_set() and not self.ended.is_set()
+
+
+@dataclass
+class Guest:
+    name: str
+    uuid: str
+    state: int = C.VIR_DOMAIN_RUNNING
+    reason: int = 1
+    persistent: bool = True
+    memory_kib: int = GIB // 1024
+    migration: Migration = field(default_factory=Migration)
+    completed: dict | None = None  # what jobStats(COMPLETED) returns
+
+
+@dataclass
+class FakeHost:
+    hostname: str
+    uuid: str
+    lib_version: int = 9_000_000
+    qemu_version: int = 8_002_001
+    guests: dict = field(default_factory=dict)  # name -> Guest
+    down: bool = False  # every call on an open connection fails as if libvirtd went away
+    close_error: bool = False
+
+    def by_uuid(self, value):
+        value = value.lower().replace("-", "")
+        return next((guest for guest in self.guests.values() if guest.uuid.replace("-", "") == value), None)
+
+
+class FakeCloud:
+    """All the hypervisors of one test, by URI."""
+
+    def __init__(self):
+        self.hosts = {}
+        self.connections = []
+        self.lock = threading.RLock()
+        self.job_ended = threading.Event()  # any migration ended (its migrateToURI3 is returning)
+        self.error_handler = None
+        self.client_version = 9_000_000
+        self.libvirt = make_libvirt(self)
+
+    def add_host(self, hostname, *uris, host_uuid=None, **options):
+        host = FakeHost(hostname, host_uuid or str(uuid.uuid5(uuid.NAMESPACE_DNS, hostname)), **options)
+        for uri in uris or (f"qemu+ssh://{hostname}/system",):
+            self.hosts[uri] = host
+        return host
+
+    def add_guest(self, host, name, **options):
+        guest = Guest(name, str(uuid.uuid5(uuid.NAMESPACE_DNS, f"guest.{name}")), **options)
+        host.guests[name] = guest
+        return guest
+
+    def open(self, uri):
+        host = self.hosts.get(uri)
+        if host is None or host.down:
+            raise libvirtError(f"Cannot recv data: ssh: Could not resolve hostname {uri}: Name or service not known",
+                               C.VIR_ERR_SYSTEM_ERROR)
+        connection = FakeConnection(self, host)
+        self.connections.append(connection)
+        return connection
+
+    def release_all(self):
+        """End every migration still blocked (for test teardown)."""
+        with self.lock:
+            for host in self.hosts.values():
+                for guest in host.guests.values():
+                    if not guest.migration.ended.is_set():
+                        guest.migration.error = libvirtError("fake: the test ended", C.VIR_ERR_OPERATION_ABORTED)
+                        guest.migration.ended.set()
+
+
+def make_libvirt(cloud):
+    module = types.ModuleType("libvirt", "fake libvirt binding (tests/unit/fake_libvirt.py)")
+    module.__dict__.update(CONSTANTS)
+    module.libvirtError = libvirtError
+    module.open = cloud.open
+    module.cloud = cloud
+
+    def register_error_handler(handler, context):
+        cloud.error_handler = (handler, context)
+
+    module.registerErrorHandler = register_error_handler
+    module.getVersion = lambda: cloud.client_version  # the client library's version, not a hypervisor's
+    return module
+
+
+class FakeConnection:
+    def __init__(self, cloud, host):
+        self.cloud = cloud
+        self.host = host
+        self.closed = False
+
+    def _host(self):
+        if self.host.down:
+            raise libvirtError("Cannot write data: Broken pipe", C.VIR_ERR_SYSTEM_ERROR)
+        return self.host
+
+    def getHostname(self):
+        return self._host().hostname
+
+    def getCapabilities(self):
+        return (f"<capabilities><host><uuid>{self._host().uuid}</uuid><cpu><arch>x86_64</arch></cpu></host>"
+                "</capabilities>")
+
+    def getLibVersion(self):
+        return self._host().lib_version
+
+    def getVersion(self):
+        return self._host().qemu_version
+
+    def lookupByName(self, name):
+        guest = self._host().guests.get(name)
+        if guest is None:
+            raise no_domain(name)
+        return FakeDomain(self, guest)
+
+    def lookupByUUIDString(self, uuid_string):
+        guest = self._host().by_uuid(uuid_string)
+        if guest is None:
+            raise no_domain(uuid_string)
+        return FakeDomain(self, guest)
+
+    def close(self):
+        self.closed = True
+        if self.host.close_error:
+            raise libvirtError("Cannot write data: Broken pipe", C.VIR_ERR_SYSTEM_ERROR)
+        return 0
+
+
+class FakeDomain:
+    """A handle: it names a guest; every call looks the guest up on its host again, like libvirt."""
+
+    def __init__(self, conn, guest):
+        self.conn = conn
+        self._name = guest.name
+        self._uuid = guest.uuid
+
+    def _guest(self):
+        guest = self.conn._host().by_uuid(self._uuid)
+        if guest is None:
+            raise no_domain(self._name)
+        return guest
+
+    def name(self):
+        return self._name
+
+    def UUIDString(self):
+        return self._uuid
+
+    def state(self):
+        guest = self._guest()
+        return [guest.state, guest.reason]
+
+    def isPersistent(self):
+        return int(self._guest().persistent)
+
+    def maxMemory(self):
+        return self._guest().memory_kib
+
+    def migrateSetMaxDowntime(self, downtime, flags=0):
+        self._guest().migration.max_downtime.append((downtime, flags))
+        return 0
+
+    def resume(self):
+        with self.conn.cloud.lock:
+            guest = self._guest()
+            if guest.state != C.VIR_DOMAIN_PAUSED:
+                raise libvirtError("Requested operation is not valid: domain is not paused",
+                                   C.VIR_ERR_OPERATION_INVALID)
+            guest.state, guest.reason = C.VIR_DOMAIN_RUNNING, 5  # RUNNING_UNPAUSED
+            return 0
+
+    def destroy(self):
+        with self.conn.cloud.lock:
+            guest = self._guest()
+            if guest.persistent:
+                guest.state, guest.reason = C.VIR_DOMAIN_SHUTOFF, 2  # SHUTOFF_DESTROYED
+            else:
+                del self.conn.host.guests[guest.name]
+            return 0
+
+    def jobStats(self, flags=0):
+        cloud = self.conn.cloud
+        guest = self._guest()
+        if flags & C.VIR_DOMAIN_JOB_STATS_COMPLETED:
+            return dict(guest.completed or {"type": C.VIR_DOMAIN_JOB_NONE})
+        job = guest.migration
+        if not job.ended.is_set():
+            job.started.wait(1)  # the runner polls right after starting migrateToURI3 in its thread
+        with cloud.lock:
+            if not job.active:
+                return {"type": C.VIR_DOMAIN_JOB_NONE}
+            if job.samples:
+                return dict(job.samples.pop(0))
+            if job.failure is None:
+                self._complete(guest, job)
+            else:
+                self._end(guest, job, "failed", job.failure)
+        self._guest()  # gone from the source after a completed migration: NO_DOMAIN, like libvirt
+        return {"type": C.VIR_DOMAIN_JOB_NONE}
+
+    def abortJob(self):
+        with self.conn.cloud.lock:
+            guest = self._guest()
+            job = guest.migration
+            job.abort_calls += 1
+            if not job.active:
+                raise libvirtError("Requested operation is not valid: no job is active on the domain",
+                                   C.VIR_ERR_OPERATION_INVALID)
+            if job.abort_failures:
+                job.abort_failures -= 1
+                raise libvirtError("internal error: unable to abort job: monitor is busy", C.VIR_ERR_INTERNAL_ERROR)
+            if not job.abort_ignored:
+                self._end(guest, job, "aborted", libvirtError(
+                    "operation aborted: migration out job: canceled by client", C.VIR_ERR_OPERATION_ABORTED))
+            return 0
+
+    def migrateToURI3(self, dconnuri, params, flags):
+        cloud = self.conn.cloud
+        with cloud.lock:
+            job = self._guest().migration
+            job.dconnuri, job.params, job.flags = dconnuri, dict(params), flags
+            job.started.set()
+            if dconnuri not in cloud.hosts:
+                job.outcome, job.error = "failed", libvirtError(
+                    f"unable to connect to server at '{dconnuri}': No route to host", C.VIR_ERR_SYSTEM_ERROR)
+                job.ended.set()
+                cloud.job_ended.set()
+        if not job.ended.wait(JOB_LIMIT_S):
+            raise libvirtError("fake: nothing ended this migration", C.VIR_ERR_OPERATION_TIMEOUT)
+        if job.error is not None:
+            raise job.error
+        return 0
+
+    # -- how a migration ends (called with the cloud lock held) ---------------------------------
+
+    def _complete(self, guest, job):
+        source, destination = self.conn.host, self.conn.cloud.hosts[job.dconnuri]
+        persistent = bool(job.flags & C.VIR_MIGRATE_PERSIST_DEST)
+        destination.guests[guest.name] = replace(guest, state=C.VIR_DOMAIN_RUNNING,
+                                                 reason=C.VIR_DOMAIN_RUNNING_MIGRATED, persistent=persistent,
+                                                 completed=dict(job.completed))
+        if job.flags & C.VIR_MIGRATE_UNDEFINE_SOURCE or not guest.persistent:
+            del source.guests[guest.name]
+        else:
+            guest.state, guest.reason = C.VIR_DOMAIN_SHUTOFF, C.VIR_DOMAIN_SHUTOFF_MIGRATED
+        self._end(guest, job, "completed", None)
+
+    def _end(self, guest, job, outcome, error):
+        if outcome != "completed":
+            if job.destination_copy_after:
+                destination = self.conn.cloud.hosts[job.dconnuri]
+                destination.guests[guest.name] = replace(guest, state=C.VIR_DOMAIN_RUNNING, persistent=False)
+            if job.source_paused_after:
+                guest.state, guest.reason = C.VIR_DOMAIN_PAUSED, C.VIR_DOMAIN_PAUSED_MIGRATION
+        job.outcome, job.error = outcome, error
+        job.ended.set()
+        self.conn.cloud.job_ended.set()
+
+
+class FakeClock:
+    """The runner's clock (call it) and wait(seconds, event), in fake seconds.
+
+    ``wait`` returns early when ``event`` is set; otherwise it advances the clock by ``seconds``.
+    Once the fake has ended a migration, the runner's event is set within moments (its thread is
+    returning from migrateToURI3), so ``wait`` then waits for it in real time instead of letting
+    fake time run on; the results are deterministic either way.
+    """
+
+    def __init__(self, cloud, now=1000.0):
+        self.cloud = cloud
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def wait(self, seconds, event):
+        if event.wait(1 if self.cloud.job_ended.is_set() else 0.001):
+            return
+        self.now += seconds

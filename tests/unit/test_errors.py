@@ -1,0 +1,137 @@
+"""errors: libvirt error codes and messages turned into MigrationError with a fix."""
+
+from __future__ import annotations
+
+import pytest
+from fake_libvirt import C, FakeCloud, libvirtError
+
+from ansible_collections.kvm.live_migration.plugins.module_utils.errors import (
+    MigrationError,
+    error_code_name,
+    fix_for,
+    from_libvirt_error,
+    libvirt_errors,
+)
+
+FAKE = FakeCloud().libvirt
+
+SAME_HOST_FIX = ("the two hypervisors report the same host UUID: give each a unique host_uuid in "
+                 "/etc/libvirt/libvirtd.conf (or fix duplicate SMBIOS/machine-id UUIDs) and restart libvirtd")
+RESOLVE_FIX = ("the source cannot resolve the destination's host name: add it to DNS or /etc/hosts on the "
+               "source, or pass migrate_uri with an address")
+POSTCOPY_FIX = ("set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user) or "
+                "do not permit post-copy")
+SSH_FIX = ("check that the source reaches the destination over SSH as the libvirtd user "
+           "(key trust, known_hosts, firewall) with: ssh DESTINATION virsh -c qemu:///system version")
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (0, "VIR_ERR_OK"),  # not the level VIR_ERR_NONE
+        (1, "VIR_ERR_INTERNAL_ERROR"),  # not the level VIR_ERR_WARNING
+        (2, "VIR_ERR_NO_MEMORY"),  # not the level VIR_ERR_ERROR
+        (42, "VIR_ERR_NO_DOMAIN"),
+        (55, "VIR_ERR_OPERATION_INVALID"),
+        (78, "VIR_ERR_OPERATION_ABORTED"),
+        (4242, None),
+    ],
+    ids=["ok-not-none", "internal-not-warning", "no-memory-not-error", "no-domain", "operation-invalid",
+         "operation-aborted", "unknown"],
+)
+def test_error_code_name_skips_level_names(code, expected):
+    assert error_code_name(FAKE, code) == expected
+
+
+def test_error_code_name_with_the_real_binding():
+    real = pytest.importorskip("libvirt")
+    assert [error_code_name(real, code) for code in (1, 2, 42, 78)] == [
+        "VIR_ERR_INTERNAL_ERROR", "VIR_ERR_NO_MEMORY", "VIR_ERR_NO_DOMAIN", "VIR_ERR_OPERATION_ABORTED"]
+
+
+@pytest.mark.parametrize(
+    ("message", "code_name", "expected"),
+    [
+        ("Requested operation is not valid: Attempt to migrate guest to the same host "
+         "00000000-0000-0000-0000-000000000001", "VIR_ERR_OPERATION_INVALID", SAME_HOST_FIX),
+        ("internal error: Unable to resolve address 'hv2' service '49152': Name or service not known",
+         "VIR_ERR_SYSTEM_ERROR", RESOLVE_FIX),
+        ("internal error: unable to execute QEMU command 'migrate-set-capabilities': Postcopy is not supported",
+         "VIR_ERR_INTERNAL_ERROR", POSTCOPY_FIX),
+        ("Cannot recv data: Host key verification failed.: Connection reset by peer", "VIR_ERR_SYSTEM_ERROR",
+         SSH_FIX),
+        ("Cannot recv data: root@hv2: Permission denied (publickey,password).", "VIR_ERR_SYSTEM_ERROR", SSH_FIX),
+        ("unable to connect to server at 'hv2:16514': No route to host", "VIR_ERR_SYSTEM_ERROR", SSH_FIX),
+        ("Domain not found: no domain with matching name 'web01'", "VIR_ERR_NO_DOMAIN",
+         "check the guest's name or UUID with 'virsh list --all' on the hypervisor"),
+        ("operation failed: migration out job: unexpectedly failed", "VIR_ERR_OPERATION_FAILED", None),
+        (None, None, None),
+    ],
+    ids=["same-host-uuid", "unresolvable-host", "postcopy-userfaultfd", "ssh-host-key", "ssh-publickey",
+         "no-route", "code-fix-when-no-pattern", "no-fix", "no-message"],
+)
+def test_fix_for(message, code_name, expected):
+    assert fix_for(message, code_name) == expected
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (libvirtError("Requested operation is not valid: domain is not running", C.VIR_ERR_OPERATION_INVALID),
+         {"message": "migrating 'web01' failed: Requested operation is not valid: domain is not running",
+          "fix": "check the guest's state: a live migration needs a running guest and no other job",
+          "code": 55, "code_name": "VIR_ERR_OPERATION_INVALID"}),
+        (libvirtError("Attempt to migrate guest to the same host", C.VIR_ERR_OPERATION_INVALID),
+         {"message": "migrating 'web01' failed: Attempt to migrate guest to the same host",
+          "fix": SAME_HOST_FIX, "code": 55, "code_name": "VIR_ERR_OPERATION_INVALID"}),
+        (libvirtError("", 4242),
+         {"message": "migrating 'web01' failed: ", "fix": None, "code": 4242, "code_name": None}),
+    ],
+    ids=["code-fix", "message-fix-wins", "unknown-code"],
+)
+def test_from_libvirt_error(error, expected):
+    assert from_libvirt_error(FAKE, error, "migrating 'web01'").as_dict() == expected
+
+
+def test_from_libvirt_error_falls_back_to_str_when_the_message_is_empty():
+    class Bare(libvirtError):
+        def get_error_message(self):
+            return None
+
+    error = from_libvirt_error(FAKE, Bare("raw text", C.VIR_ERR_NO_DOMAIN), "looking up")
+    assert error.message == "looking up failed: raw text"
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (MigrationError("it broke"), "it broke"),
+        (MigrationError("it broke", fix="mend it"), "it broke. Fix: mend it"),
+        (MigrationError("it broke", fix="mend it", code=42, code_name="VIR_ERR_NO_DOMAIN"),
+         "it broke [VIR_ERR_NO_DOMAIN]. Fix: mend it"),
+    ],
+    ids=["message", "with-fix", "with-code-and-fix"],
+)
+def test_migration_error_str(error, expected):
+    assert str(error) == expected
+
+
+def test_libvirt_errors_translates_libvirt_errors():
+    cause = libvirtError("Cannot write data: Broken pipe", C.VIR_ERR_SYSTEM_ERROR)
+    with pytest.raises(MigrationError) as caught, libvirt_errors(FAKE, "reading hv1"):
+        raise cause
+    assert caught.value.as_dict() == {
+        "message": "reading hv1 failed: Cannot write data: Broken pipe",
+        "fix": "check that the hypervisor is reachable and libvirtd runs there",
+        "code": 38,
+        "code_name": "VIR_ERR_SYSTEM_ERROR",
+    }
+    assert caught.value.__cause__ is cause
+
+
+def test_libvirt_errors_lets_other_exceptions_and_success_through():
+    with libvirt_errors(FAKE, "nothing"):
+        value = 1
+    assert value == 1
+    with pytest.raises(KeyError), libvirt_errors(FAKE, "reading"):
+        raise KeyError("not libvirt")

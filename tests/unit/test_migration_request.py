@@ -1,0 +1,151 @@
+"""migration: request validation, flags and parameters, budgets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from fake_libvirt import GIB, MIB, FakeCloud
+
+from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
+from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample
+from ansible_collections.kvm.live_migration.plugins.module_utils.migration import (
+    MigrationRequest,
+    MigrationResult,
+    budget_exceeded,
+    default_timeout_s,
+    migration_flags,
+    migration_params,
+    validate_request,
+)
+
+LV = FakeCloud().libvirt
+REQUEST = MigrationRequest(name="web01", dest_uri="qemu+ssh://hv2/system")
+BASE_FLAGS = LV.VIR_MIGRATE_LIVE | LV.VIR_MIGRATE_PEER2PEER | LV.VIR_MIGRATE_ABORT_ON_ERROR
+
+
+def request(**changes):
+    return dataclasses.replace(REQUEST, **changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"transport": "udp"}, "transport='udp' is not one of tls, ssh, tcp"),
+        ({"transport": "tcp"}, "transport=tcp sends the guest's memory across the network unencrypted"),
+        ({"max_downtime_ms": 0}, "max_downtime_ms=0 must be positive"),
+        ({"max_downtime_ms": -5}, "max_downtime_ms=-5 must be positive"),
+        ({"bandwidth_mib": -1}, "bandwidth=-1 must be 0 (no cap) or a positive MiB/s"),
+        ({"timeout_s": 0}, "timeout=0 must be a positive number of seconds"),
+        ({"max_data_factor": 0.5}, "max_data_factor=0.5 is below 1: nothing could complete"),
+        ({"poll_interval_s": 0.01}, "poll_interval=0.01 is outside 0.05-1 s"),
+        ({"poll_interval_s": 2.0}, "poll_interval=2.0 is outside 0.05-1 s"),
+        ({"transport": "ssh", "dest_uri": "qemu+tls://hv2/system"},
+         "transport=ssh tunnels through the libvirt connection, but dest_uri='qemu+tls://hv2/system' is not a "
+         "qemu+ssh:// URI"),
+    ],
+    ids=["transport", "tcp-without-allow-insecure", "downtime-zero", "downtime-negative", "bandwidth",
+         "timeout", "max-data-factor", "poll-too-fast", "poll-too-slow", "ssh-needs-ssh-uri"],
+)
+def test_validate_request_refuses(changes, message):
+    with pytest.raises(MigrationError) as caught:
+        validate_request(request(**changes))
+    assert caught.value.message == message
+    assert caught.value.fix
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"transport": "tcp", "allow_insecure": True},
+        {"transport": "ssh"},
+        {"bandwidth_mib": 0, "timeout_s": None, "max_data_factor": 1.0, "poll_interval_s": 0.05},
+        {"bandwidth_mib": 1024, "timeout_s": 1, "max_downtime_ms": 1, "poll_interval_s": 1.0},
+    ],
+    ids=["defaults", "tcp-allowed", "ssh", "lower-bounds", "upper-bounds"],
+)
+def test_validate_request_accepts(changes):
+    valid = request(**changes)
+    assert validate_request(valid) is valid
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, BASE_FLAGS | LV.VIR_MIGRATE_PERSIST_DEST | LV.VIR_MIGRATE_UNDEFINE_SOURCE | LV.VIR_MIGRATE_TLS),
+        ({"transport": "ssh"},
+         BASE_FLAGS | LV.VIR_MIGRATE_PERSIST_DEST | LV.VIR_MIGRATE_UNDEFINE_SOURCE | LV.VIR_MIGRATE_TUNNELLED),
+        ({"transport": "tcp", "allow_insecure": True},
+         BASE_FLAGS | LV.VIR_MIGRATE_PERSIST_DEST | LV.VIR_MIGRATE_UNDEFINE_SOURCE),
+        ({"persistent": False}, BASE_FLAGS | LV.VIR_MIGRATE_UNDEFINE_SOURCE | LV.VIR_MIGRATE_TLS),
+        ({"undefine_source": False}, BASE_FLAGS | LV.VIR_MIGRATE_PERSIST_DEST | LV.VIR_MIGRATE_TLS),
+        ({"persistent": False, "undefine_source": False, "transport": "tcp"}, BASE_FLAGS),
+    ],
+    ids=["defaults-tls", "ssh-tunnelled", "tcp-plain", "not-persistent", "keep-source", "minimal"],
+)
+def test_migration_flags(changes, expected):
+    assert migration_flags(LV, request(**changes)) == expected
+
+
+def test_migration_flag_values():
+    """The defaults are LIVE|PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE|ABORT_ON_ERROR|TLS, by value."""
+    assert migration_flags(LV, REQUEST) == 1 + 2 + 8 + 16 + 4096 + 65536
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, {}),
+        ({"bandwidth_mib": 512}, {"bandwidth": 512}),
+        ({"migrate_uri": "tcp://192.0.2.2"}, {"migrate_uri": "tcp://192.0.2.2"}),
+        ({"listen_address": "192.0.2.2"}, {"listen_address": "192.0.2.2"}),
+        ({"bandwidth_mib": 64, "migrate_uri": "tcp://[2001:db8::2]:49152", "listen_address": "::"},
+         {"bandwidth": 64, "migrate_uri": "tcp://[2001:db8::2]:49152", "listen_address": "::"}),
+    ],
+    ids=["none", "bandwidth", "migrate-uri", "listen-address", "all"],
+)
+def test_migration_params(changes, expected):
+    assert migration_params(LV, request(**changes)) == expected
+
+
+@pytest.mark.parametrize(
+    ("memory_bytes", "expected"),
+    [(0, 60), (256 * MIB, 60), (409 * MIB, 60), (420 * MIB, 61), (512 * MIB, 75), (GIB, 150),
+     (3 * GIB // 2, 225), (4 * GIB, 600)],
+    ids=["zero", "256MiB", "409MiB", "420MiB", "512MiB", "1GiB", "1.5GiB", "4GiB"],
+)
+def test_default_timeout_s(memory_bytes, expected):
+    assert default_timeout_s(memory_bytes) == expected
+
+
+@pytest.mark.parametrize(
+    ("time_ms", "processed", "expected"),
+    [
+        (60_000, 5 * GIB, None),  # exactly at both budgets is still within them
+        (60_001, 0, "the migration ran longer than its timeout of 60 s"),
+        (1000, 5 * GIB + 1,
+         f"{5 * GIB + 1} bytes sent, more than max_data_factor=5.0 times the guest's memory"),
+        (60_001, 5 * GIB + 1, "the migration ran longer than its timeout of 60 s"),  # time is checked first
+    ],
+    ids=["within", "time", "data", "both"],
+)
+def test_budget_exceeded(time_ms, processed, expected):
+    sample = JobSample(time_ms=time_ms, iteration=3, processed_bytes=processed)
+    assert budget_exceeded(sample, 60, 5.0 * GIB, 5.0) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "changed"),
+    [("completed", True), ("aborted", True), ("failed", True), ("would_migrate", True),
+     ("already_migrated", False)],
+)
+def test_result_changed(status, changed):
+    assert MigrationResult(status=status, owner="hv1", source="hv1", destination="hv2").changed is changed
+
+
+def test_result_as_dict_keys():
+    assert list(MigrationResult(status="completed", owner="hv2", source="hv1", destination="hv2").as_dict()) == [
+        "status", "owner", "source", "destination", "strategy", "actions", "total_time_ms", "downtime_ms",
+        "downtime_net_ms", "setup_time_ms", "data_sent_bytes", "data_total_bytes", "passes", "final_ratio",
+        "prediction", "timeline", "error"]

@@ -11,7 +11,19 @@ export KVMLM_VENV=${KVMLM_VENV:-/opt/kvmlm/venv}
 export PATH="$KVMLM_VENV/bin:$PATH"
 cd "$repo"
 
-stage() { printf '\n=== %s\n' "$*"; }
+export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1
+started=$SECONDS
+tests_passed=0
+stage() { printf '\n=== %s (at %d s)\n' "$*" $((SECONDS - started)); }
+
+# Runs pytest and adds the tests it passed to the total printed at the end.
+run_pytest() {
+    local log
+    log=$(mktemp)
+    pytest "$@" | tee "$log"
+    tests_passed=$((tests_passed + $(grep -Eo '[0-9]+ passed' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)))
+    rm -f "$log"
+}
 
 stage "dependencies"
 bash tests/install-deps.sh
@@ -20,7 +32,7 @@ stage "ruff"
 ruff check .
 
 stage "unit tests"
-pytest tests/unit -q -p no:cacheprovider
+run_pytest tests/unit -q -p no:cacheprovider
 
 stage "collection build"
 bash tests/build.sh
@@ -33,8 +45,12 @@ ansible-lint
 
 stage "integration tests (lab)"
 bash tests/lab/lab.sh down >/dev/null 2>&1 || true
-pytest tests/integration -q -p no:cacheprovider --rootdir tests/integration -c /dev/null -o console_output_style=classic
+run_pytest tests/integration -q -p no:cacheprovider --rootdir tests/integration -c /dev/null -o console_output_style=classic
 bash tests/lab/lab.sh check-clean
 
 stage "molecule: the lab scenario (extensions/molecule/default)"
 molecule test
+tests_passed=$((tests_passed + 1))  # the molecule scenario
+
+printf '\n=== every stage passed in %d s\n' $((SECONDS - started))
+echo "tests: $tests_passed passed, 0 failed"

@@ -40,8 +40,8 @@ require_tools() {
     for tool in ip unshare nsenter libvirtd virtlogd virsh /usr/sbin/sshd ssh-keygen qemu-system-x86_64 gcc cpio; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
-    [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (run tests/lab/install-deps.sh)"
-    [ -x "$LAB_VENV/bin/python" ] || die "no Python venv at $LAB_VENV (run tests/lab/install-deps.sh)"
+    [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (run tests/install-deps.sh)"
+    [ -x "$LAB_VENV/bin/python" ] || die "no Python venv at $LAB_VENV (run tests/install-deps.sh)"
 }
 
 # Run a command inside hypervisor $1's network, mount and UTS namespaces.

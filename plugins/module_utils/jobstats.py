@@ -30,6 +30,7 @@ class JobSample:
     expected_downtime_ms: int = 0
     throttle_pct: int = 0
     postcopy_requests: int = 0
+    elapsed_ms: int = 0
 
     @classmethod
     def from_stats(cls, stats, time_ms):
@@ -50,6 +51,7 @@ class JobSample:
             expected_downtime_ms=value("downtime"),
             throttle_pct=value("auto_converge_throttle"),
             postcopy_requests=value("memory_postcopy_requests"),
+            elapsed_ms=value("time_elapsed"),
         )
 
     @property
@@ -78,6 +80,33 @@ def timeline_entry(sample, downtime_limit_ms):
         "expected_downtime_ms": sample.expected_downtime_ms,
         "throttle_pct": sample.throttle_pct,
         "downtime_limit_ms": downtime_limit_ms,
+    }
+
+
+def progress(sample):
+    """A running job's progress for people and dashboards: percent, pass, rates, ratio and ETA.
+
+    The ETA assumes the current rates hold: remaining data shrinks at transfer minus dirty rate.
+    When the guest dirties memory as fast as it is sent, there is no ETA (None).
+    """
+    done = sample.total_bytes - sample.remaining_bytes
+    percent = round(100 * done / sample.total_bytes, 1) if sample.total_bytes > 0 else 0.0
+    net_rate = sample.transfer_rate_bps - sample.dirty_rate_bps
+    eta_s = round(sample.remaining_bytes / net_rate, 1) if net_rate > 0 and sample.transfer_rate_bps > 0 else None
+    ratio = sample.ratio
+    return {
+        "percent": max(0.0, min(100.0, percent)),
+        "pass": sample.iteration,
+        "elapsed_ms": sample.elapsed_ms,
+        "remaining_bytes": sample.remaining_bytes,
+        "processed_bytes": sample.processed_bytes,
+        "total_bytes": sample.total_bytes,
+        "dirty_rate_bps": sample.dirty_rate_bps,
+        "transfer_rate_bps": sample.transfer_rate_bps,
+        "ratio": None if ratio is None else round(ratio, 3),
+        "expected_downtime_ms": sample.expected_downtime_ms,
+        "throttle_pct": sample.throttle_pct,
+        "eta_s": eta_s,
     }
 
 

@@ -24,7 +24,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.errors import (
     from_libvirt_error,
     libvirt_errors,
 )
-from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample, Timeline
+from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample, Timeline, progress
 
 TRANSPORTS = ("tls", "ssh", "tcp")
 GIB = 1024**3
@@ -394,3 +394,26 @@ def budget_exceeded(sample, timeout_s, max_data_bytes, max_data_factor):
 
 def _describe(state):
     return "absent" if state is None else state.state
+
+
+def read_job(hypervisor, name):
+    """(live progress, completed statistics or None) of the guest's job on ``hypervisor``."""
+    lv = hypervisor.lv
+    state = hypervisor.guest_state(name)
+    if state is None:
+        raise MigrationError(f"guest {name!r} is not on {hypervisor.uri}",
+                             fix="query the hypervisor that runs the guest (the migration's source)")
+    if not (state.running or state.paused):
+        return {"active": False}, None  # a stopped guest has no job, and libvirt refuses to read one
+    domain = hypervisor.find_domain(name)
+    with libvirt_errors(lv, f"reading the job statistics of {name!r}"):
+        stats = domain.jobStats()
+    if stats.get("type") not in (None, lv.VIR_DOMAIN_JOB_NONE):
+        return {"active": True, **progress(JobSample.from_stats(stats, stats.get("time_elapsed") or 0))}, None
+    try:
+        completed = domain.jobStats(lv.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    except lv.libvirtError:
+        completed = None  # this libvirt keeps no completed statistics for the guest
+    if not completed or completed.get("type") in (None, lv.VIR_DOMAIN_JOB_NONE):
+        completed = None
+    return {"active": False}, completed

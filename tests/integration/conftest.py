@@ -103,14 +103,14 @@ class Lab:
         completed = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=900, check=False)
         return completed.returncode, completed.stdout + completed.stderr
 
-    def module(self, host, args, tmp_path, check=False):
-        """Run kvm.live_migration.migrate once on ``host``; return its registered result."""
+    def module(self, host, args, tmp_path, check=False, module="migrate"):
+        """Run kvm.live_migration.MODULE once on ``host``; return its registered result."""
         playbook, result_file = tmp_path / "migrate.yml", tmp_path / "result.json"
         playbook.write_text(textwrap.dedent(f"""\
             - hosts: {host}
               gather_facts: false
               tasks:
-                - kvm.live_migration.migrate: {json.dumps(args)}
+                - kvm.live_migration.{module}: {json.dumps(args)}
                   register: migrate_result
                   ignore_errors: true
                 - ansible.builtin.copy:

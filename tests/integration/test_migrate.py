@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 
 import pytest
-from conftest import REPO
+from conftest import LAB_SH, REPO
 
 GUEST = "dirty"
 BANDWIDTH_MIB = 64
@@ -114,3 +116,38 @@ def test_timeout_aborts_and_leaves_the_guest_running_on_the_source(running_lab, 
         assert after.ticks == sorted(after.ticks)
     finally:
         running_lab.remove_guest("heavy")
+
+
+def test_migration_info_reads_a_running_job(running_lab, tmp_path):
+    """migration_info on the source shows a migration's live progress, then no job once it is cancelled."""
+    running_lab.start_guest("hv1", "watched", memory_mib=512, dirty_mib=384, pages_per_s=40000)
+    migration = subprocess.Popen(  # a migration started outside the collection, as an operator might
+        [str(LAB_SH), "exec", "hv1", "virsh", "-q", "migrate", "--live", "--p2p", "--bandwidth", str(BANDWIDTH_MIB),
+         "watched", "qemu+ssh://hv2/system"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        job = wait_for_pass(running_lab, tmp_path, "watched", 2)
+        assert 0 < job["percent"] <= 100
+        assert job["transfer_rate_bps"] > 32 * 1024 * 1024  # about the 64 MiB/s cap
+        assert job["ratio"] > 0.5
+        assert job["processed_bytes"] > 384 * 1024 * 1024
+    finally:
+        running_lab.virsh("hv1", "domjobabort", "watched")
+        output = migration.communicate(timeout=60)[0]
+    try:
+        assert migration.returncode != 0, output
+        idle = running_lab.module("hv1", {"name": "watched"}, tmp_path, module="migration_info")
+        assert idle["job"]["active"] is False
+        assert running_lab.running_guests("hv1") == {"watched"}
+    finally:
+        running_lab.remove_guest("watched")
+
+
+def wait_for_pass(running_lab, tmp_path, name, wanted_pass, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = running_lab.module("hv1", {"name": name}, tmp_path, module="migration_info")
+        assert result.get("failed") is not True, result
+        if result["job"]["active"] and result["job"]["pass"] >= wanted_pass:
+            return result["job"]
+        time.sleep(1)
+    raise AssertionError(f"migration_info saw no pass {wanted_pass} of {name} within {timeout} s")

@@ -125,8 +125,10 @@ class Hypervisor:
     def guest_state(self, name_or_uuid):
         """A GuestState for the guest, or None when this hypervisor does not know it."""
         domain = self.find_domain(name_or_uuid)
-        if domain is None:
-            return None
+        return None if domain is None else self.describe(domain)
+
+    def describe(self, domain):
+        """A GuestState for a looked-up domain, or None when it vanished since the lookup."""
         try:
             state, _reason = domain.state()
             return GuestState(domain.name(), domain.UUIDString(), self.state_name(state),
@@ -135,7 +137,7 @@ class Hypervisor:
             # Gone between lookup and state(): a transient guest that just migrated away or stopped.
             if error.get_error_code() == self.lv.VIR_ERR_NO_DOMAIN:
                 return None
-            raise MigrationError(f"reading the state of {name_or_uuid!r} on {self.uri} failed: {error}") from error
+            raise MigrationError(f"reading the state of {domain.name()!r} on {self.uri} failed: {error}") from error
 
     def state_name(self, state):
         for name in _STATE_NAMES:

@@ -30,7 +30,6 @@ class JobSample:
     expected_downtime_ms: int = 0
     throttle_pct: int = 0
     postcopy_requests: int = 0
-    elapsed_ms: int = 0
 
     @classmethod
     def from_stats(cls, stats, time_ms):
@@ -51,7 +50,6 @@ class JobSample:
             expected_downtime_ms=value("downtime"),
             throttle_pct=value("auto_converge_throttle"),
             postcopy_requests=value("memory_postcopy_requests"),
-            elapsed_ms=value("time_elapsed"),
         )
 
     @property
@@ -65,10 +63,15 @@ class JobSample:
             return None
         return self.dirty_rate_bps / self.transfer_rate_bps
 
+    @property
+    def rounded_ratio(self):
+        """The ratio as reported to users: three decimals, or None."""
+        ratio = self.ratio
+        return None if ratio is None else round(ratio, 3)
+
 
 def timeline_entry(sample, downtime_limit_ms):
     """What the result's timeline records for one pass."""
-    ratio = sample.ratio
     return {
         "pass": sample.iteration,
         "time_ms": sample.time_ms,
@@ -76,7 +79,7 @@ def timeline_entry(sample, downtime_limit_ms):
         "processed_bytes": sample.processed_bytes,
         "dirty_rate_bps": sample.dirty_rate_bps,
         "transfer_rate_bps": sample.transfer_rate_bps,
-        "ratio": None if ratio is None else round(ratio, 3),
+        "ratio": sample.rounded_ratio,
         "expected_downtime_ms": sample.expected_downtime_ms,
         "throttle_pct": sample.throttle_pct,
         "downtime_limit_ms": downtime_limit_ms,
@@ -86,6 +89,8 @@ def timeline_entry(sample, downtime_limit_ms):
 def progress(sample):
     """A running job's progress for people and dashboards: percent, pass, rates, ratio and ETA.
 
+    ``sample.time_ms`` is taken as the job's elapsed time (libvirt's ``time_elapsed``).
+
     The ETA assumes the current rates hold: remaining data shrinks at transfer minus dirty rate.
     When the guest dirties memory as fast as it is sent, there is no ETA (None).
     """
@@ -93,17 +98,16 @@ def progress(sample):
     percent = round(100 * done / sample.total_bytes, 1) if sample.total_bytes > 0 else 0.0
     net_rate = sample.transfer_rate_bps - sample.dirty_rate_bps
     eta_s = round(sample.remaining_bytes / net_rate, 1) if net_rate > 0 and sample.transfer_rate_bps > 0 else None
-    ratio = sample.ratio
     return {
         "percent": max(0.0, min(100.0, percent)),
         "pass": sample.iteration,
-        "elapsed_ms": sample.elapsed_ms,
+        "elapsed_ms": sample.time_ms,
         "remaining_bytes": sample.remaining_bytes,
         "processed_bytes": sample.processed_bytes,
         "total_bytes": sample.total_bytes,
         "dirty_rate_bps": sample.dirty_rate_bps,
         "transfer_rate_bps": sample.transfer_rate_bps,
-        "ratio": None if ratio is None else round(ratio, 3),
+        "ratio": sample.rounded_ratio,
         "expected_downtime_ms": sample.expected_downtime_ms,
         "throttle_pct": sample.throttle_pct,
         "eta_s": eta_s,

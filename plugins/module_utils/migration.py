@@ -281,7 +281,7 @@ class MigrationRunner:
         result.actions = self.actions
         result.timeline = self.timeline.entries()
         result.passes = self.timeline.last.iteration if self.timeline.last else None
-        result.final_ratio = self._final_ratio()
+        result.final_ratio = self.timeline.last.rounded_ratio if self.timeline.last else None
         aborted = any(action["what"] == "abort" for action in self.actions)
         if outcome.finished.is_set() and outcome.error is None:
             result.status = "completed"
@@ -307,10 +307,6 @@ class MigrationRunner:
             return from_libvirt_error(self.lv, error, "the migration").as_dict()
         return MigrationError(f"the migration call raised {type(error).__name__}: {error}",
                               fix="report this as a bug of kvm.live_migration, with the versions").as_dict()
-
-    def _final_ratio(self):
-        ratio = self.timeline.last.ratio if self.timeline.last else None
-        return None if ratio is None else round(ratio, 3)
 
     def _apply_completed_stats(self, result, hypervisor):
         """Copy the completed job's statistics (the destination keeps them after success)."""
@@ -399,13 +395,13 @@ def _describe(state):
 def read_job(hypervisor, name):
     """(live progress, completed statistics or None) of the guest's job on ``hypervisor``."""
     lv = hypervisor.lv
-    state = hypervisor.guest_state(name)
+    domain = hypervisor.find_domain(name)
+    state = None if domain is None else hypervisor.describe(domain)
     if state is None:
         raise MigrationError(f"guest {name!r} is not on {hypervisor.uri}",
                              fix="query the hypervisor that runs the guest (the migration's source)")
     if not (state.running or state.paused):
         return {"active": False}, None  # a stopped guest has no job, and libvirt refuses to read one
-    domain = hypervisor.find_domain(name)
     with libvirt_errors(lv, f"reading the job statistics of {name!r}"):
         stats = domain.jobStats()
     if stats.get("type") not in (None, lv.VIR_DOMAIN_JOB_NONE):

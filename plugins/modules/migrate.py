@@ -232,20 +232,16 @@ migration:
       sample: null
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kvm.live_migration.plugins.module_utils.connection import (
-    LIBVIRT_IMPORT_ERROR,
-    Hypervisor,
-    client_versions,
-)
-from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
+from ansible_collections.kvm.live_migration.plugins.module_utils.connection import LIBVIRT_IMPORT_ERROR, Hypervisor
 from ansible_collections.kvm.live_migration.plugins.module_utils.migration import (
     TRANSPORTS,
     MigrationRequest,
     MigrationRunner,
     validate_request,
 )
+from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import run_engine
 
 ARGUMENT_SPEC = {
     "name": {"type": "str", "required": True},
@@ -299,12 +295,7 @@ def main():
         mutually_exclusive=[("dest_uri", "dest_host")],
         supports_check_mode=True,
     )
-    if LIBVIRT_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
-    try:
-        result = run_migration(module.params, module.check_mode)
-    except MigrationError as error:
-        module.fail_json(msg=str(error), error=error.as_dict(), versions=client_versions())
+    result = run_engine(module, lambda: run_migration(module.params, module.check_mode), LIBVIRT_IMPORT_ERROR)
     migration = result.as_dict()
     if result.status in ("completed", "already_migrated", "would_migrate"):
         module.exit_json(changed=result.changed, migration=migration)

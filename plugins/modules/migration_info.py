@@ -113,15 +113,11 @@ completed:
   sample: {"time_elapsed": 7146, "downtime": 42, "data_processed": 436083010, "memory_iteration": 5}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kvm.live_migration.plugins.module_utils.connection import (
-    LIBVIRT_IMPORT_ERROR,
-    Hypervisor,
-    client_versions,
-)
-from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
+from ansible_collections.kvm.live_migration.plugins.module_utils.connection import LIBVIRT_IMPORT_ERROR, Hypervisor
 from ansible_collections.kvm.live_migration.plugins.module_utils.migration import read_job
+from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import run_engine
 
 ARGUMENT_SPEC = {
     "name": {"type": "str", "required": True},
@@ -129,15 +125,14 @@ ARGUMENT_SPEC = {
 }
 
 
+def read_progress(params):
+    with Hypervisor(params["source_uri"]) as hypervisor:
+        return read_job(hypervisor, params["name"])
+
+
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    if LIBVIRT_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
-    try:
-        with Hypervisor(module.params["source_uri"]) as hypervisor:
-            job, completed = read_job(hypervisor, module.params["name"])
-    except MigrationError as error:
-        module.fail_json(msg=str(error), error=error.as_dict(), versions=client_versions())
+    job, completed = run_engine(module, lambda: read_progress(module.params), LIBVIRT_IMPORT_ERROR)
     result = {"changed": False, "job": job}
     if completed is not None:
         result["completed"] = completed

@@ -2,60 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-from unittest import mock
-
 import pytest
-from ansible.module_utils import basic
 from conftest import DEST_URI
 from fake_libvirt import GIB, MIB, C, Migration, libvirtError, sample
 
-from ansible_collections.kvm.live_migration.plugins.module_utils import connection
 from ansible_collections.kvm.live_migration.plugins.module_utils.migration import MigrationRequest, MigrationResult
 from ansible_collections.kvm.live_migration.plugins.modules import migrate
 
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core before 2.19
-
-    @contextlib.contextmanager
-    def patch_module_args(args=None):
-        serialized = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", serialized):
-            yield
-
-
-class ExitJson(Exception):
-    pass
-
-
-class FailJson(Exception):
-    pass
-
-
-def exit_json(_module, **kwargs):
-    raise ExitJson(kwargs)
-
-
-def fail_json(_module, msg, **kwargs):
-    raise FailJson({"msg": msg, **kwargs})
-
 
 @pytest.fixture
-def module(cloud, monkeypatch):
+def module(module_runner):
     """Run migrate.main() with these args against the fake cloud; return ('exit'|'fail', result)."""
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
-    monkeypatch.setattr(connection, "libvirt", cloud.libvirt)
-    monkeypatch.setattr(migrate, "LIBVIRT_IMPORT_ERROR", None)
-
-    def run(args):
-        with patch_module_args(args), pytest.raises((ExitJson, FailJson)) as caught:
-            migrate.main()
-        return ("exit" if caught.type is ExitJson else "fail"), caught.value.args[0]
-
-    return run
+    return module_runner(migrate)
 
 
 def params(**changes):

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from ansible.module_utils import basic
 from conftest import SOURCE_URI
 from fake_libvirt import GIB, MIB, C, Migration, completed_stats, sample
-from test_migrate_module import ExitJson, FailJson, exit_json, fail_json, patch_module_args
 
-from ansible_collections.kvm.live_migration.plugins.module_utils import connection
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample, progress
@@ -73,20 +70,15 @@ def test_read_job_of_an_unknown_guest(cloud, lv):
         read_job(hypervisor, "nope")
 
 
-def test_module_reports_progress_and_failures(cloud, hv1, monkeypatch):
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
-    monkeypatch.setattr(connection, "libvirt", cloud.libvirt)
-    monkeypatch.setattr(migration_info, "LIBVIRT_IMPORT_ERROR", None)
+def test_module_reports_progress_and_failures(cloud, hv1, module_runner):
+    run = module_runner(migration_info)
     job = Migration()
     job.ended.set()
     cloud.add_guest(hv1, "web01", migration=job, completed=completed_stats(downtime=42))
 
-    with patch_module_args({"name": "web01"}), pytest.raises(ExitJson) as exited:
-        migration_info.main()
-    assert exited.value.args[0] == {"changed": False, "job": {"active": False},
-                                    "completed": completed_stats(downtime=42)}
+    assert run({"name": "web01"}) == ("exit", {"changed": False, "job": {"active": False},
+                                               "completed": completed_stats(downtime=42)})
 
-    with patch_module_args({"name": "missing"}), pytest.raises(FailJson) as failed:
-        migration_info.main()
-    assert failed.value.args[0]["msg"].startswith("guest 'missing' is not on qemu:///system")
+    outcome, returned = run({"name": "missing"})
+    assert outcome == "fail"
+    assert returned["msg"].startswith("guest 'missing' is not on qemu:///system")

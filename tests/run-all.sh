@@ -14,6 +14,7 @@ cd "$repo"
 export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1
 started=$SECONDS
 tests_passed=0
+tests_xfailed=0
 stage() { printf '\n=== %s (at %d s)\n' "$*" $((SECONDS - started)); }
 
 # Runs pytest and adds the tests it passed to the total printed at the end.
@@ -22,6 +23,7 @@ run_pytest() {
     log=$(mktemp)
     pytest "$@" | tee "$log"
     tests_passed=$((tests_passed + $(grep -Eo '[0-9]+ passed' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)))
+    tests_xfailed=$((tests_xfailed + $(grep -Eo '[0-9]+ xfailed' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)))
     rm -f "$log"
 }
 
@@ -45,7 +47,7 @@ ansible-lint
 
 stage "integration tests (lab)"
 bash tests/lab/lab.sh down >/dev/null 2>&1 || true
-run_pytest tests/integration -q -p no:cacheprovider --rootdir tests/integration -c /dev/null -o console_output_style=classic
+run_pytest tests/integration -q -rxs -p no:cacheprovider --rootdir tests/integration -c /dev/null -o console_output_style=classic
 bash tests/lab/lab.sh check-clean
 
 stage "molecule: the lab scenario (extensions/molecule/default)"
@@ -53,4 +55,8 @@ molecule test
 tests_passed=$((tests_passed + 1))  # the molecule scenario
 
 printf '\n=== every stage passed in %d s\n' $((SECONDS - started))
-echo "tests: $tests_passed passed, 0 failed"
+if [ "$tests_xfailed" -gt 0 ]; then
+    echo "tests: $tests_passed passed, 0 failed, $tests_xfailed expected failures (lab limitations named above)"
+else
+    echo "tests: $tests_passed passed, 0 failed"
+fi

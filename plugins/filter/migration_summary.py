@@ -31,11 +31,17 @@ def migration_summary(migration):
         f"sent {_mib(migration.get('data_sent_bytes'))} of {_mib(migration.get('data_total_bytes'))}, "
         f"final ratio {migration.get('final_ratio')}",
     ]
-    lines.extend(
-        f"pass {action['pass']} at {action['time_ms']} ms: {action['what']} ({action['why']})"
-        for action in migration.get("actions") or []
-    )
+    prediction = migration.get("prediction")
+    if prediction:
+        lines.append(f"predicted: {prediction.get('strategy')} ({prediction.get('why')})")
+    lines.extend(_action_line(action) for action in migration.get("actions") or [])
     return lines
+
+
+def _action_line(action):
+    value = "" if action.get("value") is None else f" {action['value']}"
+    helped = {True: ", helped", False: ", did not help"}.get(action.get("helped"), "")
+    return f"pass {action['pass']} at {action['time_ms']} ms: {action['what']}{value} ({action['why']}{helped})"
 
 
 class FilterModule:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import re
+import threading
 import traceback
 import xml.etree.ElementTree as ET
 
@@ -34,6 +35,27 @@ _STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff"
 
 def _discard_libvirt_error(_context, _error):
     """libvirt prints every error to stderr by default; errors reach us as exceptions instead."""
+
+
+_EVENT_LOOPS = {}  # binding -> the thread that runs its default event loop
+
+
+def start_event_loop(lv):
+    """Run libvirt's default event loop in a daemon thread, once per process and binding.
+
+    libvirt delivers events only to connections opened after the loop was registered.
+    """
+    if id(lv) in _EVENT_LOOPS:
+        return
+    lv.virEventRegisterDefaultImpl()
+
+    def run():
+        while True:
+            lv.virEventRunDefaultImpl()
+
+    thread = threading.Thread(target=run, name="kvmlm-libvirt-events", daemon=True)
+    thread.start()
+    _EVENT_LOOPS[id(lv)] = thread
 
 
 class GuestState:
@@ -60,9 +82,11 @@ class GuestState:
 class Hypervisor:
     """One libvirt connection to one hypervisor. Use as a context manager."""
 
-    def __init__(self, uri, libvirt_module=None):
+    def __init__(self, uri, libvirt_module=None, events=False):
+        """``events``: receive domain events on this connection (starts libvirt's event loop)."""
         self.uri = uri
         self.lv = libvirt_module or libvirt
+        self.events = events
         self._conn = None
         self._hostname = None
 
@@ -80,6 +104,8 @@ class Hypervisor:
                 fix="pip install libvirt-python (needs libvirt-dev and pkg-config to build) on that host",
             )
         self.lv.registerErrorHandler(_discard_libvirt_error, None)
+        if self.events:
+            start_event_loop(self.lv)
         with libvirt_errors(self.lv, f"connecting to libvirt at {self.uri}"):
             self._conn = self.lv.open(self.uri)
 
@@ -109,8 +135,12 @@ class Hypervisor:
         return capabilities.findtext("host/uuid")
 
     def versions(self):
+        return {key: _dotted(number) for key, number in self.version_numbers().items()}
+
+    def version_numbers(self):
+        """libvirt's and the hypervisor's versions as libvirt encodes them (major * 1,000,000 + ...)."""
         with libvirt_errors(self.lv, f"reading versions from {self.uri}"):
-            return {"libvirt": _dotted(self.conn.getLibVersion()), "hypervisor": _dotted(self.conn.getVersion())}
+            return {"libvirt": self.conn.getLibVersion(), "hypervisor": self.conn.getVersion()}
 
     def find_domain(self, name_or_uuid):
         """The domain with this name or UUID, or None when the hypervisor has none."""
@@ -138,6 +168,30 @@ class Hypervisor:
             if error.get_error_code() == self.lv.VIR_ERR_NO_DOMAIN:
                 return None
             raise MigrationError(f"reading the state of {domain.name()!r} on {self.uri} failed: {error}") from error
+
+    def watch_job_completed(self, domain, callback):
+        """Call ``callback(stats)`` with the statistics of the domain's next completed job.
+
+        Returns a function that stops watching. The event carries the statistics even when the
+        domain is gone from this host afterwards (undefined after migrating away) and when the
+        destination keeps none (post-copy).
+        """
+        if not self.events:
+            raise MigrationError(f"the connection to {self.uri} was opened without events",
+                                 fix="open the Hypervisor with events=True")
+
+        def deliver(_conn, _domain, stats, _opaque):
+            callback(dict(stats))
+
+        with libvirt_errors(self.lv, f"watching the jobs of {domain.name()!r} on {self.uri}"):
+            callback_id = self.conn.domainEventRegisterAny(domain, self.lv.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+                                                           deliver, None)
+
+        def stop():
+            with contextlib.suppress(self.lv.libvirtError):
+                self.conn.domainEventDeregisterAny(callback_id)
+
+        return stop
 
     def state_name(self, state):
         for name in _STATE_NAMES:

@@ -1,11 +1,15 @@
 # Copyright: kvm.live_migration maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The migration runner: move one running guest peer-to-peer and watch it pass by pass.
+"""The migration runner: move one running guest peer-to-peer and steer it pass by pass.
 
-The source libvirtd drives the migration (``migrateToURI3`` with ``VIR_MIGRATE_PEER2PEER``) on
-one connection while a second connection to the source reads job statistics every poll and
-records one timeline entry per pass. Budgets (time, data sent) abort the job; every abort is
+Before the start the runner detects which convergence features both hosts support and, when
+asked, measures the guest's dirty rate to predict whether pre-copy converges and to pick the
+starting strategy (``policy.predict``). The source libvirtd then drives the migration
+(``migrateToURI3`` with ``VIR_MIGRATE_PEER2PEER``) on one connection while a second connection to
+the source reads job statistics every poll, records one timeline entry per pass and applies what
+the convergence policy decides (``policy.steer``): raise the downtime limit, rely on QEMU's
+throttle, switch to post-copy, or abort. Budgets (time, data sent) abort the job; every abort is
 bounded in time and retried. Whatever happens, the runner then asks both hypervisors where the
 guest runs and makes sure it runs on exactly one of them.
 
@@ -25,8 +29,32 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.errors import (
     libvirt_errors,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample, Timeline, progress
+from ansible_collections.kvm.live_migration.plugins.module_utils.policy import (
+    MIB,
+    Policy,
+    Steering,
+    detect_features,
+    predict,
+    steer,
+)
 
 TRANSPORTS = ("tls", "ssh", "tcp")
+COPY_STORAGE = ("all", "incremental")
+COMPRESSION_METHODS = ("xbzrle", "mt", "zlib", "zstd")
+MAX_PARALLEL_CONNECTIONS = 255
+DIRTY_RATE_SECONDS = 1
+DIRTY_RATE_GRACE_S = 5
+POST_COPY_SWITCH_TRIES = 5
+COMPLETION_EVENT_WAIT_S = 2
+# Errors at the start of a migration that mean "this host cannot do that feature": retry without it.
+_UNSUPPORTED_AT_START = (
+    ("post_copy", ("postcopy is not supported", "post-copy migration is not supported", "userfaultfd")),
+    ("auto_converge", ("auto_converge", "auto-converge")),
+)
+_FEATURE_FIXES = {
+    "post_copy": "set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user)",
+    "auto_converge": "upgrade QEMU/libvirt on both hosts",
+}
 GIB = 1024**3
 MIN_TIMEOUT_S = 60
 TIMEOUT_S_PER_GIB = 150
@@ -50,7 +78,22 @@ class MigrationRequest:
     listen_address: str | None = None
     timeout_s: int | None = None
     max_data_factor: float = 5.0
-    poll_interval_s: float = 0.5
+    poll_interval_s: float = 0.25
+    convergence_threshold: float = 0.8
+    stall_passes: int = 2
+    allow_auto_converge: bool = True
+    allow_post_copy: bool = False
+    measure_dirty_rate: bool = True
+    parallel_connections: int | None = None
+    compression: tuple = ()
+    copy_storage: str | None = None
+    migrate_disks: tuple = ()
+
+    @property
+    def policy(self):
+        return Policy(threshold=self.convergence_threshold, stall_passes=self.stall_passes,
+                      max_downtime_ms=self.max_downtime_ms, allow_auto_converge=self.allow_auto_converge,
+                      allow_post_copy=self.allow_post_copy)
 
 
 @dataclass
@@ -109,7 +152,38 @@ def validate_request(request):
     if request.transport == "ssh" and not request.dest_uri.startswith("qemu+ssh://"):
         raise MigrationError(f"transport=ssh tunnels through the libvirt connection, but dest_uri={request.dest_uri!r} "
                              "is not a qemu+ssh:// URI", fix="use a qemu+ssh:// dest_uri, or transport: tls")
+    _validate_convergence(request)
+    _validate_data_path(request)
     return request
+
+
+def _validate_convergence(request):
+    if not 0 < request.convergence_threshold <= 1:
+        raise MigrationError(f"convergence_threshold={request.convergence_threshold} is outside 0-1",
+                             fix="give the dirty/transfer ratio above which a pass does not converge, e.g. 0.8")
+    if request.stall_passes < 1:
+        raise MigrationError(f"stall_passes={request.stall_passes} must be at least 1",
+                             fix="give how many non-converging passes in a row trigger the next step, e.g. 2")
+
+
+def _validate_data_path(request):
+    if request.parallel_connections is not None:
+        if not 1 <= request.parallel_connections <= MAX_PARALLEL_CONNECTIONS:
+            raise MigrationError(f"parallel_connections={request.parallel_connections} is outside 1-255",
+                                 fix="give the number of connections to send memory over, e.g. 4")
+        if request.transport == "ssh":
+            raise MigrationError("parallel_connections cannot be used with transport=ssh (one tunnel)",
+                                 fix="use transport: tls for parallel connections, or drop parallel_connections")
+    unknown = [method for method in request.compression if method not in COMPRESSION_METHODS]
+    if unknown:
+        raise MigrationError(f"compression={', '.join(unknown)} is not one of {', '.join(COMPRESSION_METHODS)}",
+                             fix="choose compression methods QEMU knows (xbzrle suits guests that rewrite pages)")
+    if request.copy_storage not in (None, *COPY_STORAGE):
+        raise MigrationError(f"copy_storage={request.copy_storage!r} is not one of {', '.join(COPY_STORAGE)}",
+                             fix="use copy_storage: all (full copy) or incremental (backing files are shared)")
+    if request.migrate_disks and request.copy_storage is None:
+        raise MigrationError(f"migrate_disks={', '.join(request.migrate_disks)} needs copy_storage",
+                             fix="set copy_storage: all or incremental, or drop migrate_disks for shared storage")
 
 
 def default_timeout_s(memory_bytes):
@@ -117,28 +191,45 @@ def default_timeout_s(memory_bytes):
     return max(MIN_TIMEOUT_S, int(TIMEOUT_S_PER_GIB * memory_bytes / GIB))
 
 
-def migration_flags(lv, request):
+def migration_flags(lv, request, rungs=()):
+    """The migrateToURI3 flags for the request; ``rungs`` are the ladder's usable steps."""
     flags = lv.VIR_MIGRATE_LIVE | lv.VIR_MIGRATE_PEER2PEER | lv.VIR_MIGRATE_ABORT_ON_ERROR
-    if request.persistent:
-        flags |= lv.VIR_MIGRATE_PERSIST_DEST
-    if request.undefine_source:
-        flags |= lv.VIR_MIGRATE_UNDEFINE_SOURCE
-    if request.transport == "ssh":
-        flags |= lv.VIR_MIGRATE_TUNNELLED
-    elif request.transport == "tls":
-        flags |= lv.VIR_MIGRATE_TLS
+    optional = (
+        (request.persistent, "VIR_MIGRATE_PERSIST_DEST"),
+        (request.undefine_source, "VIR_MIGRATE_UNDEFINE_SOURCE"),
+        (request.transport == "ssh", "VIR_MIGRATE_TUNNELLED"),
+        (request.transport == "tls", "VIR_MIGRATE_TLS"),
+        ("auto_converge" in rungs, "VIR_MIGRATE_AUTO_CONVERGE"),
+        ("post_copy" in rungs, "VIR_MIGRATE_POSTCOPY"),
+        (request.parallel_connections is not None, "VIR_MIGRATE_PARALLEL"),
+        (bool(request.compression), "VIR_MIGRATE_COMPRESSED"),
+        (request.copy_storage == "all", "VIR_MIGRATE_NON_SHARED_DISK"),
+        (request.copy_storage == "incremental", "VIR_MIGRATE_NON_SHARED_INC"),
+    )
+    for wanted, name in optional:
+        if wanted:
+            flags |= getattr(lv, name)
     return flags
 
 
-def migration_params(lv, request):
-    params = {}
-    if request.bandwidth_mib:
-        params[lv.VIR_MIGRATE_PARAM_BANDWIDTH] = request.bandwidth_mib
-    if request.migrate_uri:
-        params[lv.VIR_MIGRATE_PARAM_URI] = request.migrate_uri
-    if request.listen_address:
-        params[lv.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = request.listen_address
-    return params
+def migration_params(lv, request, throttle=(None, None), post_copy=False):
+    """The migrateToURI3 typed parameters; ``throttle`` is auto-converge's (initial %, step %).
+
+    QEMU does not apply the pre-copy bandwidth to post-copy, so the cap is given for both.
+    """
+    initial, increment = throttle
+    optional = (
+        ("VIR_MIGRATE_PARAM_BANDWIDTH", request.bandwidth_mib or None),
+        ("VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY", (request.bandwidth_mib or None) if post_copy else None),
+        ("VIR_MIGRATE_PARAM_URI", request.migrate_uri),
+        ("VIR_MIGRATE_PARAM_LISTEN_ADDRESS", request.listen_address),
+        ("VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL", initial),
+        ("VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT", increment),
+        ("VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS", request.parallel_connections),
+        ("VIR_MIGRATE_PARAM_COMPRESSION", list(request.compression) or None),
+        ("VIR_MIGRATE_PARAM_MIGRATE_DISKS", list(request.migrate_disks) or None),
+    )
+    return {getattr(lv, name): value for name, value in optional if value is not None}
 
 
 class _Outcome:
@@ -159,12 +250,18 @@ class MigrationRunner:
         self.monitor = monitor
         self.destination = destination
         self.request = request
+        self.policy = request.policy
         self.lv = source.lv
         self.clock = clock
         self.wait = wait or (lambda seconds, event: event.wait(seconds))
         self.timeline = Timeline()
         self.actions = []
+        self.steering = None
         self._started = None
+        self._post_copy_tries = 0
+        self._steps = []  # the actions of the policy's steps, by step index
+        self._pass = 0  # the latest pass seen
+        self._completion = (threading.Event(), [])  # the JOB_COMPLETED event's statistics
 
     # -- public -----------------------------------------------------------------------------
 
@@ -177,10 +274,15 @@ class MigrationRunner:
             return result
         if placement != "source":
             raise MigrationError(placement)
+        watched = self.monitor.find_domain(self.request.name)
+        features = self._features()
+        result.prediction = self._predict(watched, features)
         if check_mode:
             result.status, result.owner = "would_migrate", result.source
+            result.strategy = result.prediction["strategy"]
+            result.actions = self.actions
             return result
-        return self._migrate(result)
+        return self._migrate(result, watched, features)
 
     # -- phases -----------------------------------------------------------------------------
 
@@ -211,23 +313,75 @@ class MigrationRunner:
         return (f"guest {name!r} was found on neither {self.source.hostname()} nor "
                 f"{self.destination.hostname()}; check the name or UUID with 'virsh list --all'")
 
-    def _migrate(self, result):
+    def _features(self):
+        binding_names = set(dir(self.lv)) | {name for name in ("migrateStartPostCopy", "startDirtyRateCalc")
+                                             if hasattr(self.lv, "virDomain") and hasattr(self.lv.virDomain, name)}
+        return detect_features(binding_names, self.source.version_numbers(), self.destination.version_numbers(),
+                               self.request.transport)
+
+    def _predict(self, watched, features):
+        """The prediction from a measured dirty rate (when asked and possible) and the starting strategy."""
+        dirty_rate_bps, measured_ms = None, None
+        if self.request.measure_dirty_rate and features.dirty_rate:
+            started = self.clock()
+            dirty_rate_bps = self._measure_dirty_rate(watched)
+            measured_ms = int((self.clock() - started) * 1000)
+        elif self.request.measure_dirty_rate:
+            self._record("measure_skipped", f"dirty rate not measured: {features.reasons['dirty_rate']}")
+        memory_bytes = watched.maxMemory() * 1024
+        prediction = predict(dirty_rate_bps, memory_bytes, self.request.bandwidth_mib * MIB, self.policy, features)
+        return {**prediction, "measure_time_ms": measured_ms}
+
+    def _measure_dirty_rate(self, watched):
+        """The guest's dirty rate in bytes/s over DIRTY_RATE_SECONDS, or None when libvirt could not measure it."""
+        lv = self.lv
+        idle = threading.Event()
+        try:
+            watched.startDirtyRateCalc(DIRTY_RATE_SECONDS, 0)
+            deadline = self.clock() + DIRTY_RATE_SECONDS + DIRTY_RATE_GRACE_S
+            self.wait(DIRTY_RATE_SECONDS, idle)
+            while True:
+                stats = self.monitor.conn.domainListGetStats([watched], lv.VIR_DOMAIN_STATS_DIRTYRATE, 0)[0][1]
+                if stats.get("dirtyrate.calc_status") == lv.VIR_DOMAIN_DIRTYRATE_MEASURED:
+                    return int(stats.get("dirtyrate.megabytes_per_second", 0)) * MIB
+                if self.clock() >= deadline:
+                    self._record("measure_failed", "libvirt did not finish measuring the dirty rate in time")
+                    return None
+                self.wait(0.1, idle)
+        except lv.libvirtError as error:
+            self._record("measure_failed", f"measuring the dirty rate failed: {error.get_error_message()}")
+            return None
+
+    def _migrate(self, result, watched, features):
         domain = self.source.find_domain(self.request.name)
-        watched = self.monitor.find_domain(self.request.name)
         memory_bytes = domain.maxMemory() * 1024
         timeout_s = self.request.timeout_s or default_timeout_s(memory_bytes)
-        with libvirt_errors(self.lv, f"setting the downtime limit of {self.request.name!r}"):
-            watched.migrateSetMaxDowntime(self.request.max_downtime_ms, 0)
-        self._started = self.clock()
-        outcome = self._start(domain)
-        self._watch(watched, outcome, timeout_s, memory_bytes)
+        while True:
+            self.steering = Steering.start(self.policy, features, result.prediction["strategy"])
+            with libvirt_errors(self.lv, f"setting the downtime limit of {self.request.name!r}"):
+                watched.migrateSetMaxDowntime(self.steering.downtime_limit_ms, 0)
+            stop_watching = self._watch_completion(watched)
+            self._started = self.clock()
+            outcome = self._start(domain, result.prediction)
+            self._watch(watched, outcome, timeout_s, memory_bytes)
+            unsupported = self._unsupported_at_start(outcome)
+            if unsupported is None:
+                break
+            stop_watching()
+            features = features.without(unsupported, outcome.error.get_error_message())
+            self._record(f"{unsupported}_unavailable", f"{outcome.error.get_error_message()}; retrying without it "
+                                                       f"({_FEATURE_FIXES[unsupported]} to use it)")
         self._finish(result, watched, outcome)
+        stop_watching()
         return result
 
-    def _start(self, domain):
+    def _start(self, domain, prediction):
         outcome = _Outcome()
-        flags = migration_flags(self.lv, self.request)
-        params = migration_params(self.lv, self.request)
+        rungs = self.steering.rungs
+        flags = migration_flags(self.lv, self.request, rungs)
+        throttle = ((prediction["throttle_initial_pct"], prediction["throttle_step_pct"])
+                    if "auto_converge" in rungs else (None, None))
+        params = migration_params(self.lv, self.request, throttle, post_copy="post_copy" in rungs)
 
         def migrate():
             try:
@@ -240,17 +394,78 @@ class MigrationRunner:
         threading.Thread(target=migrate, name="kvmlm-migrate", daemon=True).start()
         return outcome
 
+    def _unsupported_at_start(self, outcome):
+        """The feature a failed start says this host pair lacks, when nothing was sent yet."""
+        error = outcome.error
+        if error is None or not isinstance(error, self.lv.libvirtError) or self.timeline.last is not None:
+            return None
+        message = (error.get_error_message() or "").lower()
+        for feature, patterns in _UNSUPPORTED_AT_START:
+            if feature in self.steering.rungs and any(pattern in message for pattern in patterns):
+                return feature
+        return None
+
     def _watch(self, watched, outcome, timeout_s, memory_bytes):
         max_data = self.request.max_data_factor * memory_bytes
         while not outcome.finished.is_set():
             sample = self._sample(watched)
             if sample is not None:
-                self.timeline.add(sample, self.request.max_downtime_ms)
+                self._pass = max(self._pass, sample.iteration)
                 reason = budget_exceeded(sample, timeout_s, max_data, self.request.max_data_factor)
-                if reason:
-                    self._abort(watched, outcome, reason)
+                aborted = self._over_budget(watched, outcome, reason) if reason else False
+                aborted = aborted or self._steer(watched, outcome, sample)
+                self.timeline.add(sample, self.steering.downtime_limit_ms)  # the limit in force after this sample
+                if aborted:
                     return
             self.wait(self.request.poll_interval_s, outcome.finished)
+
+    def _over_budget(self, watched, outcome, reason):
+        """Abort a pre-copy migration that exceeded a budget; True when it was aborted."""
+        if not self.steering.post_copy:
+            self._abort(watched, outcome, reason)
+            return True
+        if not any(action["what"] == "budget_exceeded" for action in self.actions):
+            self._record("budget_exceeded", f"{reason}; post-copy cannot be aborted without losing the guest, so it "
+                                            "runs to its end")
+        return False
+
+    def _steer(self, watched, outcome, sample):
+        """Apply what the policy decides for this sample; True when the migration was aborted."""
+        decision = steer(self.steering, sample, self.policy)
+        before = self.steering
+        self.steering = decision.steering
+        for index, helped in decision.verdicts:
+            self._judged(index, helped)
+        for step in decision.steps:
+            if step.what == "abort":
+                self._abort(watched, outcome, step.why, step=True)
+                return True
+            self._record(step.what, step.why, value=step.value, step=True)
+            if step.what == "set_downtime":
+                self._set_downtime(watched, step.value)
+            elif step.what == "post_copy":
+                self._switch_to_post_copy(watched, before)
+        return False
+
+    def _set_downtime(self, watched, limit_ms):
+        try:
+            watched.migrateSetMaxDowntime(limit_ms, 0)
+        except self.lv.libvirtError as error:
+            self._record("set_downtime_failed", f"migrateSetMaxDowntime({limit_ms}) failed: "
+                                                f"{error.get_error_message()}")
+
+    def _switch_to_post_copy(self, watched, before):
+        try:
+            watched.migrateStartPostCopy(0)
+        except self.lv.libvirtError as error:
+            # Too early in the job, or refused: stay in pre-copy and try again on the next sample.
+            self._post_copy_tries += 1
+            self.actions.remove(self._steps.pop())
+            self.steering = before if self._post_copy_tries < POST_COPY_SWITCH_TRIES else \
+                before.without_rung("post_copy")
+            if self._post_copy_tries == POST_COPY_SWITCH_TRIES:
+                self._record("post_copy_failed", f"migrateStartPostCopy failed {POST_COPY_SWITCH_TRIES} times: "
+                                                 f"{error.get_error_message()}")
 
     def _sample(self, watched):
         try:
@@ -262,8 +477,8 @@ class MigrationRunner:
             return None
         return JobSample.from_stats(stats, self._elapsed_ms())
 
-    def _abort(self, watched, outcome, reason):
-        self._record("abort", reason)
+    def _abort(self, watched, outcome, reason, step=False):
+        self._record("abort", reason, step=step)
         deadline = self.clock() + ABORT_TIMEOUT_S
         while not outcome.finished.is_set() and self.clock() < deadline:
             try:
@@ -282,15 +497,20 @@ class MigrationRunner:
         result.timeline = self.timeline.entries()
         result.passes = self.timeline.last.iteration if self.timeline.last else None
         result.final_ratio = self.timeline.last.rounded_ratio if self.timeline.last else None
+        result.strategy = self.steering.strategy
         aborted = any(action["what"] == "abort" for action in self.actions)
-        if outcome.finished.is_set() and outcome.error is None:
+        completed = outcome.finished.is_set() and outcome.error is None
+        for pending in self.steering.pending:
+            self._judged(pending.index, completed)
+        if completed:
             result.status = "completed"
-            self._apply_completed_stats(result, self.destination)
+            stats = self._completed_event_stats() or self._completed_stats(self.destination)
+            self._apply_completed_stats(result, stats)
         else:
             result.status = "aborted" if aborted else "failed"
             if outcome.error is not None and not aborted:
                 result.error = self._describe_error(outcome.error)
-            self._apply_completed_stats(result, self.monitor)
+            self._apply_completed_stats(result, self._completed_stats(self.monitor))
         result.total_time_ms = result.total_time_ms or self._elapsed_ms()
         if result.data_sent_bytes is None and self.timeline.last:
             result.data_sent_bytes = self.timeline.last.processed_bytes
@@ -308,16 +528,38 @@ class MigrationRunner:
         return MigrationError(f"the migration call raised {type(error).__name__}: {error}",
                               fix="report this as a bug of kvm.live_migration, with the versions").as_dict()
 
-    def _apply_completed_stats(self, result, hypervisor):
-        """Copy the completed job's statistics (the destination keeps them after success)."""
+    def _watch_completion(self, watched):
+        """Catch the source's JOB_COMPLETED event: after post-copy the destination keeps no statistics."""
+        self._completion = (threading.Event(), [])
+        if not self.monitor.events:
+            return lambda: None
+        ready, stats = self._completion
+
+        def completed(values):
+            stats.append(values)
+            ready.set()
+
+        return self.monitor.watch_job_completed(watched, completed)
+
+    def _completed_event_stats(self):
+        ready, stats = self._completion
+        if self.monitor.events:
+            self.wait(COMPLETION_EVENT_WAIT_S, ready)  # the event may trail migrateToURI3's return a little
+        return stats[-1] if stats else None
+
+    def _completed_stats(self, hypervisor):
+        """The completed job's statistics as ``hypervisor`` keeps them, or None."""
         domain = hypervisor.find_domain(self.request.name)
         if domain is None:
-            return
+            return None
         try:
             stats = domain.jobStats(self.lv.VIR_DOMAIN_JOB_STATS_COMPLETED)
         except self.lv.libvirtError:
-            return
-        if stats.get("type") in (None, self.lv.VIR_DOMAIN_JOB_NONE):
+            return None
+        return None if stats.get("type") in (None, self.lv.VIR_DOMAIN_JOB_NONE) else stats
+
+    def _apply_completed_stats(self, result, stats):
+        if not stats:
             return
         result.total_time_ms = stats.get("time_elapsed")
         result.downtime_ms = stats.get("downtime")
@@ -333,6 +575,16 @@ class MigrationRunner:
         on_destination = self.destination.guest_state(self.request.name)
         source_runs = bool(on_source and on_source.running)
         destination_runs = bool(on_destination and on_destination.running)
+        if self.steering.post_copy and result.status != "completed" and not destination_runs:
+            raise MigrationError(
+                f"post-copy of {self.request.name!r} failed after the switch: the destination ran the guest, so "
+                f"neither host holds all of its memory (source: {_describe(on_source)}, destination: "
+                f"{_describe(on_destination)})",
+                fix="once both hosts reach each other again, recover with 'virsh migrate --postcopy "
+                    "--postcopy-resume' on the source; do not resume the source copy, its memory is out of date")
+        if source_runs and destination_runs and self.steering.post_copy:
+            raise MigrationError(f"guest {self.request.name!r} runs on both hosts after post-copy",
+                                 fix=f"the copy on {result.destination} is current: stop the one on {result.source}")
         if source_runs and destination_runs:
             if result.status == "completed":
                 raise MigrationError(f"guest {self.request.name!r} runs on both hosts after a completed migration",
@@ -370,12 +622,19 @@ class MigrationRunner:
     # -- helpers ----------------------------------------------------------------------------
 
     def _elapsed_ms(self):
-        return int((self.clock() - self._started) * 1000)
+        return 0 if self._started is None else int((self.clock() - self._started) * 1000)
 
-    def _record(self, what, why):
-        last = self.timeline.last
-        self.actions.append({"pass": last.iteration if last else 0, "time_ms": self._elapsed_ms(), "what": what,
-                             "why": why, "helped": None})
+    def _record(self, what, why, value=None, step=False):
+        """Append an action to the result; ``step`` marks one the policy decided (its verdict comes later)."""
+        action = {"pass": self._pass, "time_ms": self._elapsed_ms(), "what": what, "why": why,
+                  "value": value, "helped": None}
+        self.actions.append(action)
+        if step:
+            self._steps.append(action)
+        return action
+
+    def _judged(self, index, helped):
+        self._steps[index]["helped"] = helped
 
 
 def budget_exceeded(sample, timeout_s, max_data_bytes, max_data_factor):

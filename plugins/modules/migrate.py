@@ -14,6 +14,14 @@ description:
     with libvirt's peer-to-peer live migration driven by the source libvirtd.
   - Watches every pre-copy pass (remaining memory, dirty rate, transfer rate, expected downtime) and reports a
     per-pass timeline.
+  - Steers a migration that does not converge. A pass whose convergence ratio (dirty rate / transfer rate) is at
+    least O(convergence_threshold) does not converge; after O(stall_passes) such passes in a row the module climbs
+    one rung of a ladder and checks O(stall_passes) passes later whether the ratio fell. The rungs, each only when
+    permitted and supported by both hosts, are raise the downtime limit to exactly what the remaining data needs
+    (within O(max_downtime_ms)), auto-converge (QEMU throttles the guest's vCPUs), post-copy, and abort.
+  - Before moving, measures the guest's dirty rate (O(measure_dirty_rate)), predicts whether pre-copy converges at
+    O(bandwidth), and picks the starting strategy; with post-copy permitted a guest predicted not to converge, or to
+    take much longer than one copy of its memory, starts post-copy at once.
   - Aborts the migration when it exceeds its time or data budget; an abort is bounded in time and the guest is
     left running on the source.
   - After every outcome it checks both hypervisors and reports which one runs the guest. It never leaves the guest
@@ -62,10 +70,73 @@ options:
     default: 0
   max_downtime_ms:
     description:
-      - The longest pause of the guest accepted for the final switch-over, in milliseconds.
-      - Set on the guest before the migration starts.
+      - The longest pause of the guest accepted for the final switch-over, in milliseconds (the downtime budget).
+      - The limit given to QEMU starts at 100 ms (or lower budgets) and is raised only to what the measured
+        remaining data needs, at most to the budget minus a reserve (15 %, at least 50 ms) for the device state and
+        the hand-over that QEMU's limit does not cover.
     type: int
     default: 500
+  convergence_threshold:
+    description:
+      - A pass whose convergence ratio (dirty rate / transfer rate) is at least this value does not converge.
+      - Between 0 and 1.
+    type: float
+    default: 0.8
+  stall_passes:
+    description:
+      - Non-converging passes in a row that trigger the next escalation step, and passes to wait after a step
+        before judging whether it helped.
+    type: int
+    default: 2
+  allow_auto_converge:
+    description:
+      - Permit auto-converge, QEMU's throttling of the guest's vCPUs while it dirties memory faster than it is sent.
+      - libvirt cannot enable it after the start, so it is armed from the start. QEMU throttles only a guest that
+        dirties more than half of what is sent, in two one-second looks in a row.
+      - The throttle starts at the strongest level whose vCPU stops fit O(max_downtime_ms) (98 % for 500 ms: at
+        throttle t QEMU stops a vCPU for t / (1 - t) x 10 ms after each 10 ms), or higher if the measured dirty
+        rate needs it, then steps to 99 %. A short strong throttle costs the guest less than libvirt's default
+        of 20 % + 10 % per step.
+    type: bool
+    default: true
+  allow_post_copy:
+    description:
+      - Permit post-copy. The guest then runs on the destination, which fetches the memory it still lacks from the
+        source. A network failure during post-copy leaves no complete copy on either host until it is recovered,
+        so it is off by default.
+      - Needs C(vm.unprivileged_userfaultfd=1) on the destination when QEMU runs as a non-root user; the module
+        detects a refusal and goes on without post-copy, recording why.
+      - Not available with O(transport=ssh).
+    type: bool
+    default: false
+  measure_dirty_rate:
+    description:
+      - Measure the guest's dirty rate for one second before moving (libvirt's dirty-rate calculation) to predict
+        convergence and choose the starting strategy and throttle. Reported as RV(migration.prediction).
+      - Skipped, with a recorded reason, where libvirt or QEMU cannot measure it.
+    type: bool
+    default: true
+  parallel_connections:
+    description:
+      - Send memory over this many connections (multifd). Not available with O(transport=ssh).
+    type: int
+  compression:
+    description:
+      - Compression methods for the memory stream.
+    type: list
+    elements: str
+    choices: [xbzrle, mt, zlib, zstd]
+  copy_storage:
+    description:
+      - Copy the guest's disks too, for hosts without shared storage.
+      - V(all) copies whole disks; V(incremental) copies only the top images whose backing files both hosts share.
+    type: str
+    choices: [all, incremental]
+  migrate_disks:
+    description:
+      - Target names (for example V(vda)) of the disks to copy with O(copy_storage); all writable disks by default.
+    type: list
+    elements: str
   persistent:
     description:
       - Define the guest persistently on the destination.
@@ -99,7 +170,7 @@ options:
     description:
       - Seconds between two readings of the migration's statistics (0.05 to 1).
     type: float
-    default: 0.5
+    default: 0.25
 extends_documentation_fragment:
   - kvm.live_migration.libvirt
   - kvm.live_migration.attributes
@@ -108,7 +179,8 @@ attributes:
   check_mode:
     support: full
     details:
-      - Validates the options, connects to both hypervisors and reports whether the guest would move, moving nothing.
+      - Validates the options, connects to both hypervisors, measures the dirty rate and predicts the outcome, and
+        reports whether the guest would move and with which strategy, moving nothing.
   diff_mode:
     support: none
 notes:
@@ -136,6 +208,17 @@ EXAMPLES = r"""
     migrate_uri: tcp://192.0.2.13
     transport: tcp
     allow_insecure: true
+
+- name: Evacuate a write-heavy database within a 300 ms pause, post-copy permitted
+  kvm.live_migration.migrate:
+    name: db02
+    dest_host: hv2.example.com
+    bandwidth: 2048
+    max_downtime_ms: 300
+    allow_post_copy: true
+  async: 3600
+  poll: 0
+  register: db02_job
 
 - name: Run from the controller against two remote hypervisors
   kvm.live_migration.migrate:
@@ -173,16 +256,27 @@ migration:
       type: str
       sample: hv2
     strategy:
-      description: How the migration converged; C(precopy) for iterative pre-copy.
+      description:
+        - How the migration converged. C(precopy) for iterative pre-copy alone, C(auto_converge) when QEMU throttled
+          the guest, C(post_copy) when it switched to post-copy.
+        - In check mode, the strategy it would start with.
       type: str
       sample: precopy
     actions:
-      description: What the module did to the running migration, in order (pass, time_ms, what, why, helped).
+      description:
+        - What the module did, in order. Each has C(pass) and C(time_ms) (since the start), C(what), C(why), C(value)
+          (the new downtime limit in ms, or the throttle in %) and C(helped).
+        - C(what) is one of C(set_downtime), C(auto_converge), C(post_copy), C(abort) (the policy's steps), or
+          C(abort_retry), C(abort_timeout), C(resume), C(destroy_destination_copy), C(measure_failed),
+          C(measure_skipped), C(post_copy_unavailable), C(auto_converge_unavailable), C(post_copy_failed),
+          C(set_downtime_failed), C(budget_exceeded).
+        - C(helped) is whether the ratio fell (or the migration ended) O(stall_passes) passes after a step; null for
+          actions that are not judged.
       type: list
       elements: dict
       sample:
-        - {"pass": 7, "time_ms": 120500, "what": "abort", "helped": null,
-           "why": "the migration ran longer than its timeout of 120 s"}
+        - {"pass": 3, "time_ms": 13200, "what": "auto_converge", "value": 85, "helped": true,
+           "why": "ratio 0.91 >= 0.8 for 2 passes; QEMU throttles the guest at 85 %"}
     total_time_ms:
       description: Time from start to switch-over (or to the abort), in milliseconds.
       type: int
@@ -216,9 +310,17 @@ migration:
       type: float
       sample: 0.12
     prediction:
-      description: Convergence prediction made before the migration, when one was made.
+      description:
+        - The prediction made before the migration, next to which the outcome is reported.
+        - C(dirty_rate_bps) measured (null when not measured), C(bandwidth_bps) (null without a cap), C(ratio),
+          C(first_pass_s) (one copy of memory at the bandwidth), C(precopy_s) (null when pre-copy never converges),
+          C(converges), C(strategy) and C(why) it was chosen, C(throttle_initial_pct) and C(throttle_step_pct)
+          given to auto-converge, C(measure_time_ms).
       type: dict
-      sample: null
+      sample: {"dirty_rate_bps": 134217728, "bandwidth_bps": 67108864, "ratio": 2.0, "first_pass_s": 8.0,
+               "precopy_s": null, "converges": false, "strategy": "post_copy", "throttle_initial_pct": 90,
+               "throttle_step_pct": 9, "measure_time_ms": 1100,
+               "why": "pre-copy would finish never (ratio 2.00); post-copy sends each page about once, about 8 s"}
     timeline:
       description: One entry per pass.
       type: list
@@ -236,6 +338,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import LIBVIRT_IMPORT_ERROR, Hypervisor
 from ansible_collections.kvm.live_migration.plugins.module_utils.migration import (
+    COMPRESSION_METHODS,
+    COPY_STORAGE,
     TRANSPORTS,
     MigrationRequest,
     MigrationRunner,
@@ -258,7 +362,16 @@ ARGUMENT_SPEC = {
     "listen_address": {"type": "str"},
     "timeout": {"type": "int"},
     "max_data_factor": {"type": "float", "default": 5.0},
-    "poll_interval": {"type": "float", "default": 0.5},
+    "poll_interval": {"type": "float", "default": 0.25},
+    "convergence_threshold": {"type": "float", "default": 0.8},
+    "stall_passes": {"type": "int", "default": 2, "no_log": False},  # counts passes, not a password
+    "allow_auto_converge": {"type": "bool", "default": True},
+    "allow_post_copy": {"type": "bool", "default": False},
+    "measure_dirty_rate": {"type": "bool", "default": True},
+    "parallel_connections": {"type": "int"},
+    "compression": {"type": "list", "elements": "str", "choices": list(COMPRESSION_METHODS)},
+    "copy_storage": {"type": "str", "choices": list(COPY_STORAGE)},
+    "migrate_disks": {"type": "list", "elements": "str"},
 }
 
 
@@ -278,12 +391,21 @@ def build_request(params):
         timeout_s=params["timeout"],
         max_data_factor=params["max_data_factor"],
         poll_interval_s=params["poll_interval"],
+        convergence_threshold=params["convergence_threshold"],
+        stall_passes=params["stall_passes"],
+        allow_auto_converge=params["allow_auto_converge"],
+        allow_post_copy=params["allow_post_copy"],
+        measure_dirty_rate=params["measure_dirty_rate"],
+        parallel_connections=params["parallel_connections"],
+        compression=tuple(params["compression"] or ()),
+        copy_storage=params["copy_storage"],
+        migrate_disks=tuple(params["migrate_disks"] or ()),
     )
 
 
 def run_migration(params, check_mode):
     request = validate_request(build_request(params))  # a bad option is reported before any connection
-    with (Hypervisor(params["source_uri"]) as source, Hypervisor(params["source_uri"]) as monitor,
+    with (Hypervisor(params["source_uri"]) as source, Hypervisor(params["source_uri"], events=True) as monitor,
           Hypervisor(request.dest_uri) as destination):
         return MigrationRunner(source, monitor, destination, request).run(check_mode=check_mode)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -17,6 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 LAB_SH = REPO / "tests" / "lab" / "lab.sh"
 VENV = Path(os.environ.get("KVMLM_VENV", "/opt/kvmlm/venv"))
 TICK = re.compile(r"KVMLM boot=(\w+) tick=(\d+)")
+# A guest that crashed or rebooted prints one of these; its boot id alone does not tell, because
+# under TCG a reboot can draw the same "random" boot id again.
+CRASH = re.compile(r"Kernel panic|BUG: |Oops: |general protection fault|KVMLM error")
 
 
 def pytest_collection_modifyitems(items):
@@ -74,15 +78,33 @@ class Lab:
                 self.virsh(host, "undefine", name)
 
     def console(self, host, name):
-        """The guest's counter lines as printed on its serial console on ``host``."""
-        path = self.state / host / "log" / "qemu" / f"{name}-serial.log"
-        lines = [TICK.search(line) for line in path.read_text(errors="replace").splitlines()] if path.exists() else []
-        matches = [match for match in lines if match]
+        """The guest's counter lines as printed on its serial console on ``host``.
+
+        Fails when the guest crashed, or restarted (its counter went back, or it printed "ready"
+        again on a host it was migrated to): a migration must move the running guest intact.
+        """
+        crash = self.crash(host, name)
+        assert crash is None, f"{name} crashed on {host}:\n{crash}"
+        text = self.serial_log(host, name)
+        matches = [match for match in map(TICK.search, text.splitlines()) if match]
         if not matches:
             return None
         boots = {match.group(1) for match in matches}
         assert len(boots) == 1, f"{name} on {host} booted more than once: {sorted(boots)}"
-        return Ticks(boot=matches[0].group(1), ticks=[int(match.group(2)) for match in matches])
+        ticks = [int(match.group(2)) for match in matches]
+        assert all(later > earlier for earlier, later in itertools.pairwise(ticks)), (
+            f"{name}'s counter on {host} went back: it restarted ({ticks[:3]}...{ticks[-3:]})")
+        return Ticks(boot=matches[0].group(1), ticks=ticks)
+
+    def serial_log(self, host, name):
+        path = self.state / host / "log" / "qemu" / f"{name}-serial.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def crash(self, host, name):
+        """The start of the crash report the guest printed on ``host``, or None."""
+        text = self.serial_log(host, name)
+        crash = CRASH.search(text)
+        return None if crash is None else text[max(0, crash.start() - 200):crash.start() + 800]
 
     def wait_for_tick_after(self, host, name, tick, timeout=30):
         deadline = time.monotonic() + timeout

@@ -66,7 +66,8 @@ def test_migration_moves_the_running_guest(running_lab, dirty_guest, tmp_path):
 
     # Same boot, and the counter went on from where the source left it.
     source = running_lab.console("hv1", dirty_guest)
-    destination = running_lab.wait_for_tick_after("hv2", dirty_guest, source.last + 5)
+    # Two seconds of life on hv2: a guest whose memory arrived corrupted crashes within them.
+    destination = running_lab.wait_for_tick_after("hv2", dirty_guest, source.last + 10)
     assert source.boot == destination.boot == before.boot
     assert source.last >= before.last
     assert 1 <= destination.first - source.last <= 2, (source.last, destination.first)
@@ -94,28 +95,6 @@ def test_unknown_guest_is_reported_on_neither_host(running_lab, tmp_path):
     result = running_lab.module("hv1", {"name": "no-such-guest", "dest_host": "hv2", **LAB_TRANSPORT}, tmp_path)
     assert result["failed"] is True
     assert "'no-such-guest' was found on neither hv1 nor hv2" in result["msg"]
-
-
-def test_timeout_aborts_and_leaves_the_guest_running_on_the_source(running_lab, tmp_path):
-    """A guest dirtying 40,000 random pages/s (156 MiB/s) never converges at 64 MiB/s: the budget aborts it."""
-    running_lab.start_guest("hv1", "heavy", memory_mib=512, dirty_mib=384, pages_per_s=40000)
-    try:
-        before = running_lab.console("hv1", "heavy")
-        result = running_lab.module("hv1", {"name": "heavy", "dest_host": "hv2", "bandwidth": BANDWIDTH_MIB,
-                                            "timeout": 20, **LAB_TRANSPORT}, tmp_path)
-        migration = result["migration"]
-        assert result["failed"] is True
-        assert (migration["status"], migration["owner"]) == ("aborted", "hv1")
-        assert [action["what"] for action in migration["actions"]] == ["abort"]
-        assert "timeout of 20 s" in migration["actions"][0]["why"]
-        assert migration["timeline"][-1]["ratio"] > 0.5
-        assert running_lab.running_guests("hv1") == {"heavy"}
-        assert "heavy" not in running_lab.defined_guests("hv2")
-        after = running_lab.wait_for_tick_after("hv1", "heavy", running_lab.console("hv1", "heavy").last)
-        assert after.boot == before.boot
-        assert after.ticks == sorted(after.ticks)
-    finally:
-        running_lab.remove_guest("heavy")
 
 
 def test_migration_info_reads_a_running_job(running_lab, tmp_path):

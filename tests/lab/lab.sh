@@ -12,7 +12,7 @@
 #   lab.sh status             print the lab's state; exits 1 when it is not up
 #   lab.sh check-clean        exits 1 and lists leftovers if anything of the lab remains
 #   lab.sh exec HOST CMD...   run CMD inside hypervisor HOST (hv1 or hv2)
-#   lab.sh guest-start HOST NAME [MEMORY_MIB MIB RATE]   define and start a guest on HOST
+#   lab.sh guest-start HOST NAME [MEMORY_MIB MIB RATE [TOUCH_MIB]]   define and start a guest on HOST
 #   lab.sh inventory          print the path of the generated Ansible inventory
 set -euo pipefail
 
@@ -237,6 +237,7 @@ cmd_up() {
     write_hosts_file
     local host
     for host in "${HOSTS[@]}"; do make_host_tree "$host"; done
+    allow_post_copy
     make_ssh_trust
     for host in "${HOSTS[@]}"; do
         make_host_namespaces "$host"
@@ -279,6 +280,21 @@ kill_lab_processes() {
     sleep 0.2
 }
 
+# Post-copy needs userfaultfd for QEMU, which runs as libvirt-qemu, not root. The sysctl is not
+# namespaced: the lab sets it for the whole machine and puts the previous value back when it goes.
+USERFAULTFD_SYSCTL=/proc/sys/vm/unprivileged_userfaultfd
+
+allow_post_copy() {
+    [ -w "$USERFAULTFD_SYSCTL" ] || return 0
+    cat "$USERFAULTFD_SYSCTL" >"$LAB_STATE/unprivileged_userfaultfd.before"
+    echo 1 >"$USERFAULTFD_SYSCTL"
+}
+
+restore_post_copy_setting() {
+    local saved=$LAB_STATE/unprivileged_userfaultfd.before
+    [ -s "$saved" ] && cat "$saved" >"$USERFAULTFD_SYSCTL" 2>/dev/null || true
+}
+
 cmd_down() {
     require_root
     local host
@@ -294,6 +310,7 @@ cmd_down() {
     done
     ip link del "$LAB_BRIDGE" 2>/dev/null || true
     umount "$LAB_STATE/ns" 2>/dev/null || true
+    restore_post_copy_setting
     rm -rf "$LAB_STATE"
     cmd_check_clean >/dev/null || die "teardown left things behind: $(cmd_check_clean 2>&1 | tr '\n' ' ')"
     log "down"
@@ -342,8 +359,12 @@ cmd_status() {
     return $ok
 }
 
+# pti=on: QEMU 7.2 under TCG loses writes made through TLB entries that outlive a dirty-bitmap sync
+# (the migrated guest then panics on the destination with a corrupted kernel stack). Page-table
+# isolation reloads CR3 on every kernel entry, and TCG flushes its TLB on each reload, which closes
+# that window. KVM tracks dirty pages in the kernel and is not affected. See DEVELOPERS.md.
 guest_xml() {
-    local name=$1 memory=$2 mib=$3 rate=$4
+    local name=$1 memory=$2 mib=$3 rate=$4 touch=${5:-$3}
     cat <<EOF
 <domain type='qemu'>
   <name>$name</name>
@@ -353,7 +374,7 @@ guest_xml() {
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>$LAB_IMAGES/vmlinuz</kernel>
     <initrd>$LAB_IMAGES/initrd.gz</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 kvmlm.mib=$mib kvmlm.rate=$rate</cmdline>
+    <cmdline>console=ttyS0 quiet panic=-1 pti=on kvmlm.mib=$mib kvmlm.rate=$rate kvmlm.touch_mib=$touch</cmdline>
   </os>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
@@ -375,12 +396,12 @@ EOF
 
 # Defines NAME persistently on HOST, starts it and waits until its workload reports ready.
 cmd_guest_start() {
-    local host=${1:?host} name=${2:?name} memory=${3:-512} mib=${4:-64} rate=${5:-0}
-    local xml=$LAB_STATE/$name.xml log tries=0
-    guest_xml "$name" "$memory" "$mib" "$rate" >"$xml"
+    local host=${1:?host} name=${2:?name} memory=${3:-512} mib=${4:-64} rate=${5:-0} touch=${6:-${4:-64}}
+    local xml=$LAB_STATE/$name.xml log="$LAB_STATE/$host/log/qemu/$name-serial.log" tries=0
+    guest_xml "$name" "$memory" "$mib" "$rate" "$touch" >"$xml"
+    rm -f "$log"  # libvirt appends: a tick of an earlier guest of the same name must not count
     in_host "$host" virsh -q -c qemu:///system define "$xml" >/dev/null
     in_host "$host" virsh -q -c qemu:///system start "$name" >/dev/null
-    log="$LAB_STATE/$host/log/qemu/$name-serial.log"
     until grep -q "KVMLM boot=.* tick=" "$log" 2>/dev/null; do
         tries=$((tries + 1))
         [ $tries -lt 240 ] || die "guest $name on $host printed no tick within 120 s (see $log)"

@@ -13,7 +13,9 @@ downtime limit, abort calls) for the tests to check.
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 import types
 import uuid
 from dataclasses import dataclass, field, replace
@@ -79,9 +81,22 @@ CONSTANTS = {
     "VIR_MIGRATE_AUTO_CONVERGE": 8192,
     "VIR_MIGRATE_POSTCOPY": 32768,
     "VIR_MIGRATE_TLS": 65536,
+    "VIR_MIGRATE_PARALLEL": 131072,
     "VIR_MIGRATE_PARAM_BANDWIDTH": "bandwidth",
+    "VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY": "bandwidth.postcopy",
     "VIR_MIGRATE_PARAM_URI": "migrate_uri",
     "VIR_MIGRATE_PARAM_LISTEN_ADDRESS": "listen_address",
+    "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL": "auto_converge.initial",
+    "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT": "auto_converge.increment",
+    "VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS": "parallel.connections",
+    "VIR_MIGRATE_PARAM_COMPRESSION": "compression",
+    "VIR_MIGRATE_PARAM_MIGRATE_DISKS": "migrate_disks",
+    "VIR_DOMAIN_EVENT_ID_JOB_COMPLETED": 21,
+    # Dirty-rate measurement.
+    "VIR_DOMAIN_STATS_DIRTYRATE": 512,
+    "VIR_DOMAIN_DIRTYRATE_UNSTARTED": 0,
+    "VIR_DOMAIN_DIRTYRATE_MEASURING": 1,
+    "VIR_DOMAIN_DIRTYRATE_MEASURED": 2,
 }
 C = types.SimpleNamespace(**CONSTANTS)
 
@@ -155,12 +170,20 @@ class Migration:
     abort_ignored: bool = False  # abortJob returns, but the job goes on
     source_paused_after: bool = False  # after a failure or abort, the source guest is left paused
     destination_copy_after: bool = False  # after a failure or abort, a copy runs on the destination
+    dirty_rate_mib: int | None = 8  # what a dirty-rate measurement finds; None: it never finishes
+    start_error: libvirtError | None = None  # migrateToURI3 fails at once with this (before any sample)
+    post_copy_refusals: int = 0  # migrateStartPostCopy raises this many times before it works
+    completes_at_downtime: int | None = None  # a downtime limit at least this high ends the migration
     # Recorded:
     dconnuri: str | None = None
     params: dict | None = None
     flags: int | None = None
     max_downtime: list = field(default_factory=list)
     abort_calls: int = 0
+    starts: list = field(default_factory=list)  # (flags, params) of every migrateToURI3 call
+    post_copy_calls: int = 0
+    post_copy_at: int | None = None  # samples left when post-copy started
+    dirty_rate_calcs: list = field(default_factory=list)
     outcome: str | None = None  # completed, failed or aborted
 
     def __post_init__(self):
@@ -211,6 +234,8 @@ class FakeCloud:
         self.job_ended = threading.Event()  # any migration ended (its migrateToURI3 is returning)
         self.error_handler = None
         self.client_version = 9_000_000
+        self.event_loop = False  # virEventRegisterDefaultImpl was called
+        self.event_callbacks = {}  # callback id -> (connection, guest uuid, callback)
         self.libvirt = make_libvirt(self)
 
     def add_host(self, hostname, *uris, host_uuid=None, **options):
@@ -246,6 +271,7 @@ class FakeCloud:
 def make_libvirt(cloud):
     module = types.ModuleType("libvirt", "fake libvirt binding (tests/unit/fake_libvirt.py)")
     module.__dict__.update(CONSTANTS)
+    module.virDomain = FakeDomain
     module.libvirtError = libvirtError
     module.open = cloud.open
     module.cloud = cloud
@@ -254,8 +280,22 @@ def make_libvirt(cloud):
         cloud.error_handler = (handler, context)
 
     module.registerErrorHandler = register_error_handler
+
+    def register_event_loop():
+        cloud.event_loop = True
+        return 0
+
+    def run_event_loop():
+        time.sleep(0.1)  # the fake delivers events from the thread that ends the job
+        return 0
+
+    module.virEventRegisterDefaultImpl = register_event_loop
+    module.virEventRunDefaultImpl = run_event_loop
     module.getVersion = lambda: cloud.client_version  # the client library's version, not a hypervisor's
     return module
+
+
+_CALLBACK_IDS = itertools.count(1)
 
 
 class FakeConnection:
@@ -281,6 +321,32 @@ class FakeConnection:
 
     def getVersion(self):
         return self._host().qemu_version
+
+    def domainEventRegisterAny(self, domain, event_id, callback, opaque):
+        assert event_id == C.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, "the fake only sends JOB_COMPLETED"
+        assert self.cloud.event_loop, "libvirt sends no events before virEventRegisterDefaultImpl"
+        callback_id = next(_CALLBACK_IDS)
+        self.cloud.event_callbacks[callback_id] = (self, domain._uuid, lambda stats: callback(self, domain, stats,
+                                                                                                opaque))
+        return callback_id
+
+    def domainEventDeregisterAny(self, callback_id):
+        if self.cloud.event_callbacks.pop(callback_id, None) is None:
+            raise libvirtError(f"internal error: could not find event callback {callback_id}")
+        return 0
+
+    def domainListGetStats(self, domains, stats, flags=0):
+        assert stats == C.VIR_DOMAIN_STATS_DIRTYRATE, "the fake only knows dirty-rate statistics"
+        records = []
+        for domain in domains:
+            job = domain._guest().migration
+            measured = bool(job.dirty_rate_calcs) and job.dirty_rate_mib is not None
+            values = {"dirtyrate.calc_status": C.VIR_DOMAIN_DIRTYRATE_MEASURED if measured
+                      else C.VIR_DOMAIN_DIRTYRATE_MEASURING}
+            if measured:
+                values["dirtyrate.megabytes_per_second"] = job.dirty_rate_mib
+            records.append((domain, values))
+        return records
 
     def lookupByName(self, name):
         guest = self._host().guests.get(name)
@@ -332,8 +398,12 @@ class FakeDomain:
         return self._guest().memory_kib
 
     def migrateSetMaxDowntime(self, downtime, flags=0):
-        self._guest().migration.max_downtime.append((downtime, flags))
-        return 0
+        with self.conn.cloud.lock:
+            job = self._guest().migration
+            job.max_downtime.append((downtime, flags))
+            if job.active and job.completes_at_downtime is not None and downtime >= job.completes_at_downtime:
+                job.samples.clear()  # QEMU stops the guest for the last copy at once
+            return 0
 
     def resume(self):
         with self.conn.cloud.lock:
@@ -373,6 +443,25 @@ class FakeDomain:
         self._guest()  # gone from the source after a completed migration: NO_DOMAIN, like libvirt
         return {"type": C.VIR_DOMAIN_JOB_NONE}
 
+    def startDirtyRateCalc(self, seconds, flags=0):
+        self._guest().migration.dirty_rate_calcs.append((seconds, flags))
+        return 0
+
+    def migrateStartPostCopy(self, flags=0):
+        with self.conn.cloud.lock:
+            job = self._guest().migration
+            job.post_copy_calls += 1
+            if not job.active or not job.flags & C.VIR_MIGRATE_POSTCOPY:
+                raise libvirtError("Requested operation is not valid: post-copy migration was not enabled",
+                                   C.VIR_ERR_OPERATION_INVALID)
+            if job.post_copy_refusals:
+                job.post_copy_refusals -= 1
+                raise libvirtError("Requested operation is not valid: migration not started yet",
+                                   C.VIR_ERR_OPERATION_INVALID)
+            if job.post_copy_at is None:
+                job.post_copy_at = len(job.samples)
+            return 0
+
     def abortJob(self):
         with self.conn.cloud.lock:
             guest = self._guest()
@@ -394,6 +483,10 @@ class FakeDomain:
         with cloud.lock:
             job = self._guest().migration
             job.dconnuri, job.params, job.flags = dconnuri, dict(params), flags
+            job.starts.append((flags, dict(params)))
+            if job.start_error is not None:
+                error, job.start_error = job.start_error, None
+                raise error
             job.started.set()
             if dconnuri not in cloud.hosts:
                 job.outcome, job.error = "failed", libvirtError(
@@ -409,11 +502,17 @@ class FakeDomain:
     # -- how a migration ends (called with the cloud lock held) ---------------------------------
 
     def _complete(self, guest, job):
-        source, destination = self.conn.host, self.conn.cloud.hosts[job.dconnuri]
+        cloud = self.conn.cloud
+        source, destination = self.conn.host, cloud.hosts[job.dconnuri]
         persistent = bool(job.flags & C.VIR_MIGRATE_PERSIST_DEST)
+        # After post-copy, as in libvirt 9, the destination keeps no completed statistics.
+        kept = None if job.post_copy_at is not None else dict(job.completed)
         destination.guests[guest.name] = replace(guest, state=C.VIR_DOMAIN_RUNNING,
                                                  reason=C.VIR_DOMAIN_RUNNING_MIGRATED, persistent=persistent,
-                                                 completed=dict(job.completed))
+                                                 completed=kept)
+        for connection, guest_uuid, deliver in list(cloud.event_callbacks.values()):
+            if connection.host is source and guest_uuid == guest.uuid:
+                deliver(dict(job.completed))
         if job.flags & C.VIR_MIGRATE_UNDEFINE_SOURCE or not guest.persistent:
             del source.guests[guest.name]
         else:
@@ -421,7 +520,12 @@ class FakeDomain:
         self._end(guest, job, "completed", None)
 
     def _end(self, guest, job, outcome, error):
-        if outcome != "completed":
+        if outcome != "completed" and job.post_copy_at is not None:
+            # Post-copy failed after the switch: QEMU pauses both halves of the guest.
+            destination = self.conn.cloud.hosts[job.dconnuri]
+            destination.guests[guest.name] = replace(guest, state=C.VIR_DOMAIN_PAUSED, persistent=False)
+            guest.state, guest.reason = C.VIR_DOMAIN_PAUSED, C.VIR_DOMAIN_PAUSED_MIGRATION
+        elif outcome != "completed":
             if job.destination_copy_after:
                 destination = self.conn.cloud.hosts[job.dconnuri]
                 destination.guests[guest.name] = replace(guest, state=C.VIR_DOMAIN_RUNNING, persistent=False)

@@ -156,3 +156,22 @@ def test_client_versions_without_pip_metadata(lv, monkeypatch):
 def test_client_versions_without_the_binding(monkeypatch):
     monkeypatch.setattr(connection, "libvirt", None)
     assert connection.client_versions() == {"libvirt_python": None, "libvirt_client": None}
+
+
+def test_job_completed_events_need_an_event_connection(cloud, lv, hv1):
+    cloud.add_guest(hv1, "web01")
+    with Hypervisor(SOURCE_URI, lv) as hypervisor, pytest.raises(MigrationError, match="opened without events"):
+        hypervisor.watch_job_completed(hypervisor.find_domain("web01"), print)
+    assert cloud.event_loop is False
+
+
+def test_event_connection_starts_the_loop_once(cloud, lv, hv1):
+    cloud.add_guest(hv1, "web01")
+    with Hypervisor(SOURCE_URI, lv, events=True) as first, Hypervisor(SOURCE_URI, lv, events=True):
+        stop = first.watch_job_completed(first.find_domain("web01"), print)
+        assert cloud.event_loop is True
+        assert len(cloud.event_callbacks) == 1
+        stop()
+        stop()  # a second stop is harmless
+    assert cloud.event_callbacks == {}
+    assert connection._EVENT_LOOPS[id(lv)].is_alive()

@@ -79,7 +79,8 @@ def test_main_completes(module, cloud):
         "status": "completed", "owner": "hv2", "source": "hv1", "destination": "hv2", "passes": 4,
         "total_time_ms": 1712, "downtime_ms": 31, "error": None}
     assert [entry["pass"] for entry in migration["timeline"]] == [1]
-    assert (job.dconnuri, job.params) == (DEST_URI, {"bandwidth": 128})
+    throttle = {"auto_converge.initial": 98, "auto_converge.increment": 1}
+    assert (job.dconnuri, job.params) == (DEST_URI, {"bandwidth": 128, **throttle})
     assert [conn.closed for conn in cloud.connections] == [True, True, True]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import DEST_URI, SOURCE_URI
-from fake_libvirt import GIB, MIB, C, Migration, libvirtError, sample
+from fake_libvirt import GIB, MIB, C, Migration, completed_stats, libvirtError, sample
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
@@ -12,7 +12,15 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.migration impor
 
 STATE_NAMES = {C.VIR_DOMAIN_RUNNING: "running", C.VIR_DOMAIN_PAUSED: "paused", C.VIR_DOMAIN_SHUTOFF: "shutoff"}
 DEFAULT_FLAGS = (C.VIR_MIGRATE_LIVE | C.VIR_MIGRATE_PEER2PEER | C.VIR_MIGRATE_ABORT_ON_ERROR
-                 | C.VIR_MIGRATE_PERSIST_DEST | C.VIR_MIGRATE_UNDEFINE_SOURCE | C.VIR_MIGRATE_TLS)
+                 | C.VIR_MIGRATE_PERSIST_DEST | C.VIR_MIGRATE_UNDEFINE_SOURCE | C.VIR_MIGRATE_TLS
+                 | C.VIR_MIGRATE_AUTO_CONVERGE)
+# Without a bandwidth cap nothing predicts the ratio: auto-converge is armed with the unmeasured plan.
+DEFAULT_PARAMS = {"auto_converge.initial": 98, "auto_converge.increment": 1}
+UNCAPPED_PREDICTION = {
+    "dirty_rate_bps": 8 * MIB, "bandwidth_bps": None, "ratio": None, "first_pass_s": None, "precopy_s": None,
+    "converges": None, "strategy": "precopy", "throttle_initial_pct": 98, "throttle_step_pct": 1,
+    "why": "no bandwidth cap: the link's speed is unknown until the first pass; starting with pre-copy",
+    "measure_time_ms": 1000}
 
 # Three passes of a 1 GiB guest at 64 MiB/s; the dirty rate falls from 16 to 8 MiB/s.
 PASSES = [
@@ -20,10 +28,10 @@ PASSES = [
     sample(2, remaining=300 * MIB, processed=850 * MIB, dirty_pages=4096),
     sample(3, remaining=40 * MIB, processed=1100 * MIB, dirty_pages=2048),
 ]
-# Ten passes that never converge, 100 MiB more each.
-SLOW = [sample(n, remaining=500 * MIB, processed=n * 100 * MIB, dirty_pages=16384) for n in range(1, 11)]
+# Ten passes that make no headway, 100 MiB more each, at a ratio (0.5) the policy leaves alone.
+SLOW = [sample(n, remaining=500 * MIB, processed=n * 100 * MIB, dirty_pages=8192) for n in range(1, 11)]
 # Passes that send 300 MiB each.
-HEAVY = [sample(n, remaining=500 * MIB, processed=n * 300 * MIB, dirty_pages=16384) for n in range(1, 11)]
+HEAVY = [sample(n, remaining=500 * MIB, processed=n * 300 * MIB, dirty_pages=8192) for n in range(1, 11)]
 CPU_ERROR = ("the CPU is incompatible with host CPU: Host CPU does not provide required features: avx512f",
              C.VIR_ERR_CPU_INCOMPATIBLE)
 TIMEOUT_WHY = "the migration ran longer than its timeout of 2 s"
@@ -32,7 +40,7 @@ NO_ACTIONS = []
 
 def run(cloud, clock, check_mode=False, name="web01", **changes):
     lv = cloud.libvirt
-    request = MigrationRequest(name=name, dest_uri=DEST_URI, **changes)
+    request = MigrationRequest(name=name, dest_uri=DEST_URI, **{"poll_interval_s": 0.5, **changes})
     with (Hypervisor(SOURCE_URI, lv) as source, Hypervisor(SOURCE_URI, lv) as monitor,
           Hypervisor(DEST_URI, lv) as destination):
         runner = MigrationRunner(source, monitor, destination, request, clock=clock, wait=clock.wait)
@@ -49,8 +57,8 @@ def where(cloud, name="web01"):
     return found
 
 
-def action(what, why, pass_, time_ms):
-    return {"pass": pass_, "time_ms": time_ms, "what": what, "why": why, "helped": None}
+def action(what, why, pass_, time_ms, value=None, helped=None):
+    return {"pass": pass_, "time_ms": time_ms, "what": what, "why": why, "value": value, "helped": helped}
 
 
 def test_completed_result(cloud, hv1, clock):
@@ -64,20 +72,22 @@ def test_completed_result(cloud, hv1, clock):
         "status": "completed", "owner": "hv2", "source": "hv1", "destination": "hv2", "strategy": "precopy",
         "actions": [], "total_time_ms": 1712, "downtime_ms": 31, "downtime_net_ms": 29, "setup_time_ms": 2,
         "data_sent_bytes": 1_200_000_000, "data_total_bytes": GIB, "passes": 4, "final_ratio": 0.125,
-        "prediction": None, "error": None,
+        "prediction": UNCAPPED_PREDICTION, "error": None,
         "timeline": [
             {"pass": 1, "time_ms": 0, "remaining_bytes": 900 * MIB, "processed_bytes": 124 * MIB,
              "dirty_rate_bps": 0, "transfer_rate_bps": 64 * MIB, "ratio": None, "expected_downtime_ms": 300,
-             "throttle_pct": 0, "downtime_limit_ms": 500},
+             "throttle_pct": 0, "downtime_limit_ms": 100},
             {"pass": 2, "time_ms": 500, "remaining_bytes": 300 * MIB, "processed_bytes": 850 * MIB,
              "dirty_rate_bps": 16 * MIB, "transfer_rate_bps": 64 * MIB, "ratio": 0.25, "expected_downtime_ms": 300,
-             "throttle_pct": 0, "downtime_limit_ms": 500},
+             "throttle_pct": 0, "downtime_limit_ms": 100},
             {"pass": 3, "time_ms": 1000, "remaining_bytes": 40 * MIB, "processed_bytes": 1100 * MIB,
              "dirty_rate_bps": 8 * MIB, "transfer_rate_bps": 64 * MIB, "ratio": 0.125, "expected_downtime_ms": 300,
-             "throttle_pct": 0, "downtime_limit_ms": 500},
+             "throttle_pct": 0, "downtime_limit_ms": 100},
         ],
     }
-    assert (job.dconnuri, job.flags, job.params, job.max_downtime) == (DEST_URI, DEFAULT_FLAGS, {}, [(500, 0)])
+    assert (job.dconnuri, job.flags, job.params, job.max_downtime) == (DEST_URI, DEFAULT_FLAGS, DEFAULT_PARAMS,
+                                                                       [(100, 0)])
+    assert job.dirty_rate_calcs == [(1, 0)]
     assert where(cloud) == {"hv1": None, "hv2": "running"}
 
 
@@ -172,15 +182,28 @@ def test_run(cloud, hv1, clock, script, changes, expected, placement, abort_call
 @pytest.mark.parametrize(
     ("changes", "flags", "params", "downtime", "persistent_on_destination"),
     [
-        ({}, DEFAULT_FLAGS, {}, [(500, 0)], True),
-        ({"transport": "ssh", "bandwidth_mib": 256, "max_downtime_ms": 50},
-         DEFAULT_FLAGS & ~C.VIR_MIGRATE_TLS | C.VIR_MIGRATE_TUNNELLED, {"bandwidth": 256}, [(50, 0)], True),
+        ({}, DEFAULT_FLAGS, DEFAULT_PARAMS, [(100, 0)], True),
+        # An 80 ms budget: a throttle of 88 % stops the vCPU for 73 ms after each 10 ms slice.
+        ({"transport": "ssh", "bandwidth_mib": 256, "max_downtime_ms": 80},
+         DEFAULT_FLAGS & ~C.VIR_MIGRATE_TLS | C.VIR_MIGRATE_TUNNELLED,
+         {"bandwidth": 256, "auto_converge.initial": 88, "auto_converge.increment": 1}, [(30, 0)], True),
         ({"transport": "tcp", "allow_insecure": True, "persistent": False, "migrate_uri": "tcp://192.0.2.2",
-          "listen_address": "192.0.2.2"},
-         DEFAULT_FLAGS & ~C.VIR_MIGRATE_TLS & ~C.VIR_MIGRATE_PERSIST_DEST,
-         {"migrate_uri": "tcp://192.0.2.2", "listen_address": "192.0.2.2"}, [(500, 0)], False),
+          "listen_address": "192.0.2.2", "allow_auto_converge": False},
+         DEFAULT_FLAGS & ~C.VIR_MIGRATE_TLS & ~C.VIR_MIGRATE_PERSIST_DEST & ~C.VIR_MIGRATE_AUTO_CONVERGE,
+         {"migrate_uri": "tcp://192.0.2.2", "listen_address": "192.0.2.2"}, [(100, 0)], False),
+        # The cap applies to post-copy too.
+        ({"allow_post_copy": True, "parallel_connections": 4, "compression": ("xbzrle", "mt"),
+          "copy_storage": "all", "migrate_disks": ("vda",), "bandwidth_mib": 512},
+         DEFAULT_FLAGS | C.VIR_MIGRATE_POSTCOPY | C.VIR_MIGRATE_PARALLEL | C.VIR_MIGRATE_COMPRESSED
+         | C.VIR_MIGRATE_NON_SHARED_DISK,
+         {"bandwidth": 512, "bandwidth.postcopy": 512, "auto_converge.initial": 98, "auto_converge.increment": 1,
+          "parallel.connections": 4, "compression": ["xbzrle", "mt"], "migrate_disks": ["vda"]},
+         [(100, 0)], True),
+        ({"copy_storage": "incremental", "measure_dirty_rate": False},
+         DEFAULT_FLAGS | C.VIR_MIGRATE_NON_SHARED_INC, DEFAULT_PARAMS, [(100, 0)], True),
     ],
-    ids=["defaults", "ssh-bandwidth-downtime", "tcp-transient-addresses"],
+    ids=["defaults", "ssh-bandwidth-downtime", "tcp-transient-addresses-no-auto-converge",
+         "post-copy-parallel-compression-storage", "incremental-storage-unmeasured"],
 )
 def test_run_passes_options_to_libvirt(cloud, hv1, hv2, clock, changes, flags, params, downtime,
                                        persistent_on_destination):
@@ -224,8 +247,8 @@ def test_run_without_migrating(cloud, hv1, hv2, clock, on_hv1, on_hv2, check_mod
     assert result.as_dict() == {
         "status": status, "owner": owner, "source": "hv1", "destination": "hv2", "strategy": "precopy",
         "actions": [], "total_time_ms": None, "downtime_ms": None, "downtime_net_ms": None, "setup_time_ms": None,
-        "data_sent_bytes": None, "data_total_bytes": None, "passes": None, "final_ratio": None, "prediction": None,
-        "timeline": [], "error": None}
+        "data_sent_bytes": None, "data_total_bytes": None, "passes": None, "final_ratio": None,
+        "prediction": UNCAPPED_PREDICTION if status == "would_migrate" else None, "timeline": [], "error": None}
     assert result.changed is changed
     assert where(cloud) == before
     assert [(job.flags, job.max_downtime) for job in jobs] == [(None, [])] * len(jobs)
@@ -281,3 +304,208 @@ def test_run_validates_before_connecting_to_guests(cloud, hv1, clock):
     with pytest.raises(MigrationError, match=r"^transport=tcp sends the guest's memory"):
         run(cloud, clock, transport="tcp")
     assert job.flags is None
+
+
+# -- the convergence policy at work -------------------------------------------------------------------
+
+# A hot set: 40 MiB left every pass at a ratio of 0.95; a stop would take 780 ms. QEMU's throttle
+# is at its maximum from pass 3 on, and does not help.
+STALLED = [sample(n, remaining=40 * MIB, processed=n * 100 * MIB, dirty_pages=15565, throttle=99 if n > 2 else 0)
+           for n in range(1, 9)]
+# The same without auto-converge: nothing throttles the guest.
+UNTHROTTLED = [sample(n, remaining=40 * MIB, processed=n * 100 * MIB, dirty_pages=15565) for n in range(1, 9)]
+# Stalled, until QEMU's throttle (60 %) brings the ratio down; then 10 MiB remain.
+THROTTLED = [sample(1, remaining=900 * MIB, processed=124 * MIB),
+             sample(2, remaining=300 * MIB, processed=500 * MIB, dirty_pages=15565),
+             sample(3, remaining=300 * MIB, processed=800 * MIB, dirty_pages=15565, throttle=60),
+             sample(4, remaining=100 * MIB, processed=900 * MIB, dirty_pages=8192, throttle=60),
+             sample(5, remaining=10 * MIB, processed=910 * MIB, dirty_pages=4096, throttle=80, downtime=100),
+             sample(6, remaining=5 * MIB, processed=915 * MIB, dirty_pages=4096, throttle=80, downtime=100)]
+STALL_WHY = "ratio 0.95 >= 0.8 for 2 passes"
+CAPPED = {"bandwidth_mib": 64}
+
+
+def whats(result):
+    return [(action["what"], action["pass"], action["value"], action["helped"]) for action in result.actions]
+
+
+@pytest.mark.parametrize(
+    ("script", "changes", "status", "strategy", "actions", "downtimes", "post_copy_calls", "placement"),
+    [
+        pytest.param({"samples": UNTHROTTLED}, {"allow_auto_converge": False}, "aborted", "precopy",
+                     [("abort", 3, None, None)], [(100, 0)], 0, {"hv1": "running", "hv2": None},
+                     id="stalled-nothing-permitted-aborts"),
+        pytest.param({"samples": STALLED}, {}, "aborted", "auto_converge",
+                     [("auto_converge", 3, 99, False), ("abort", 6, None, None)], [(100, 0)], 0,
+                     {"hv1": "running", "hv2": None}, id="throttle-did-not-help-aborts"),
+        pytest.param({"samples": STALLED}, {"allow_post_copy": True}, "completed", "post_copy",
+                     [("auto_converge", 3, 99, False), ("post_copy", 6, None, True)], [(100, 0)], 1,
+                     {"hv1": None, "hv2": "running"}, id="throttle-did-not-help-post-copy-completes"),
+        pytest.param({"samples": THROTTLED}, {}, "completed", "auto_converge",
+                     [("auto_converge", 3, 60, True), ("set_downtime", 6, 200, True)], [(100, 0), (200, 0)], 0,
+                     {"hv1": None, "hv2": "running"}, id="throttle-helped-downtime-raised"),
+        pytest.param({"samples": UNTHROTTLED, "completes_at_downtime": 625},
+                     {"max_downtime_ms": 2000, "allow_auto_converge": False}, "completed",
+                     "precopy", [("set_downtime", 3, 790, True)], [(100, 0), (790, 0)], 0,
+                     {"hv1": None, "hv2": "running"}, id="larger-budget-raises-downtime"),
+        pytest.param({"samples": STALLED, "dirty_rate_mib": 128}, {**CAPPED, "allow_post_copy": True}, "completed",
+                     "post_copy", [("post_copy", 1, None, True)], [(100, 0)], 1, {"hv1": None, "hv2": "running"},
+                     id="predicted-post-copy-from-the-start"),
+        pytest.param({"samples": STALLED, "dirty_rate_mib": 128, "post_copy_refusals": 2},
+                     {**CAPPED, "allow_post_copy": True}, "completed", "post_copy", [("post_copy", 3, None, True)],
+                     [(100, 0)], 3, {"hv1": None, "hv2": "running"}, id="post-copy-switch-retried"),
+    ],
+)
+def test_run_steers(cloud, hv1, clock, script, changes, status, strategy, actions, downtimes, post_copy_calls,
+                    placement):
+    job = Migration(**script)
+    cloud.add_guest(hv1, "web01", migration=job)
+
+    result = run(cloud, clock, **changes)
+
+    assert (result.status, result.strategy, whats(result)) == (status, strategy, actions)
+    assert (job.max_downtime, job.post_copy_calls) == (downtimes, post_copy_calls)
+    assert where(cloud) == placement
+
+
+def test_run_records_why_it_acted(cloud, hv1, clock):
+    cloud.add_guest(hv1, "web01", migration=Migration(samples=THROTTLED))
+    result = run(cloud, clock)
+    assert [action["why"] for action in result.actions] == [
+        f"{STALL_WHY}; QEMU throttles the guest at 60 %",
+        "10 MiB remain at 64 MiB/s (QEMU expects a 100 ms stop): a 200 ms limit lets it finish (budget 500 ms)"]
+    assert [entry["downtime_limit_ms"] for entry in result.timeline] == [100, 100, 100, 100, 100, 200]
+
+
+def test_run_retries_without_post_copy_the_destination_refuses(cloud, hv1, clock):
+    refusal = libvirtError("internal error: unable to execute QEMU command 'migrate-set-capabilities': Postcopy is "
+                           "not supported", C.VIR_ERR_INTERNAL_ERROR)
+    job = Migration(samples=PASSES, start_error=refusal)
+    cloud.add_guest(hv1, "web01", migration=job)
+
+    result = run(cloud, clock, allow_post_copy=True)
+
+    assert (result.status, result.strategy) == ("completed", "precopy")
+    assert [flags & C.VIR_MIGRATE_POSTCOPY for flags, _params in job.starts] == [C.VIR_MIGRATE_POSTCOPY, 0]
+    assert result.actions[0]["what"] == "post_copy_unavailable"
+    assert result.actions[0]["why"] == (
+        "internal error: unable to execute QEMU command 'migrate-set-capabilities': Postcopy is not supported; "
+        "retrying without it (set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user) "
+        "to use it)")
+
+
+def test_run_does_not_retry_other_start_failures(cloud, hv1, clock):
+    job = Migration(samples=PASSES, start_error=libvirtError(*CPU_ERROR))
+    cloud.add_guest(hv1, "web01", migration=job)
+
+    result = run(cloud, clock, allow_post_copy=True)
+
+    assert (result.status, result.owner, len(job.starts)) == ("failed", "hv1", 1)
+    assert result.error["code_name"] == "VIR_ERR_CPU_INCOMPATIBLE"
+
+
+def test_run_never_resumes_the_source_after_post_copy_failed(cloud, hv1, clock):
+    job = Migration(samples=STALLED[:4], dirty_rate_mib=128,
+                    failure=libvirtError("operation failed: migration out job: connection reset",
+                                         C.VIR_ERR_OPERATION_FAILED))
+    cloud.add_guest(hv1, "web01", migration=job)
+
+    with pytest.raises(MigrationError) as caught:
+        run(cloud, clock, allow_post_copy=True, **CAPPED)
+
+    assert caught.value.message.startswith("post-copy of 'web01' failed after the switch: the destination ran the "
+                                           "guest, so neither host holds all of its memory")
+    assert "--postcopy-resume" in caught.value.fix
+    assert where(cloud) == {"hv1": "paused", "hv2": "paused"}
+
+
+def test_run_lets_post_copy_finish_past_its_budget(cloud, hv1, clock):
+    job = Migration(samples=STALLED, dirty_rate_mib=128)
+    cloud.add_guest(hv1, "web01", migration=job)
+
+    result = run(cloud, clock, allow_post_copy=True, timeout_s=1, **CAPPED)
+
+    assert (result.status, job.abort_calls) == ("completed", 0)
+    assert [action["what"] for action in result.actions] == ["post_copy", "budget_exceeded"]
+
+
+@pytest.mark.parametrize(
+    ("script", "changes", "hv2_versions", "actions", "flags_absent", "dirty_rate_bps"),
+    [
+        pytest.param({"dirty_rate_mib": None}, {}, {}, [("measure_failed", 0, None, None)], 0, None,
+                     id="measurement-never-finishes"),
+        pytest.param({}, {"measure_dirty_rate": False}, {}, [], 0, None, id="measurement-off"),
+        pytest.param({}, {"allow_post_copy": True}, {"qemu_version": 2_004_000}, [], C.VIR_MIGRATE_POSTCOPY, 8 * MIB,
+                     id="old-destination-qemu-no-post-copy"),
+        pytest.param({}, {}, {"lib_version": 1_003_000}, [], C.VIR_MIGRATE_AUTO_CONVERGE, 8 * MIB,
+                     id="ancient-destination-libvirt-no-auto-converge"),
+    ],
+)
+def test_run_detects_features(cloud, hv1, hv2, clock, script, changes, hv2_versions, actions, flags_absent,
+                              dirty_rate_bps):
+    for key, value in hv2_versions.items():
+        setattr(hv2, key, value)
+    job = Migration(samples=PASSES, **script)
+    cloud.add_guest(hv1, "web01", migration=job)
+
+    result = run(cloud, clock, **changes)
+
+    assert (result.status, whats(result)) == ("completed", actions)
+    assert job.flags & flags_absent == 0
+    assert result.prediction["dirty_rate_bps"] == dirty_rate_bps
+
+
+def test_run_skips_measuring_where_the_source_cannot(cloud, hv1, clock):
+    hv1.lib_version = 7_000_000
+    job = Migration(samples=PASSES)
+    cloud.add_guest(hv1, "web01", migration=job)
+
+    result = run(cloud, clock)
+
+    assert whats(result) == [("measure_skipped", 0, None, None)]
+    assert result.actions[0]["why"] == "dirty rate not measured: needs libvirt 7.2.0 or later on both hosts"
+    assert job.dirty_rate_calcs == []
+
+
+def test_check_mode_reports_the_prediction_and_moves_nothing(cloud, hv1, clock):
+    job = Migration(samples=STALLED, dirty_rate_mib=128)
+    cloud.add_guest(hv1, "web01", memory_kib=512 * 1024, migration=job)
+
+    result = run(cloud, clock, check_mode=True, allow_post_copy=True, **CAPPED)
+
+    assert (result.status, result.strategy, result.owner) == ("would_migrate", "post_copy", "hv1")
+    assert {key: result.prediction[key] for key in ("ratio", "converges", "first_pass_s", "precopy_s")} == {
+        "ratio": 2.0, "converges": False, "first_pass_s": 8.0, "precopy_s": None}
+    assert (job.flags, job.max_downtime, job.dirty_rate_calcs) == (None, [], [(1, 0)])
+    assert where(cloud) == {"hv1": "running", "hv2": None}
+
+
+def run_with_events(cloud, clock, **changes):
+    lv = cloud.libvirt
+    request = MigrationRequest(name="web01", dest_uri=DEST_URI, **{"poll_interval_s": 0.5, **changes})
+    with (Hypervisor(SOURCE_URI, lv) as source, Hypervisor(SOURCE_URI, lv, events=True) as monitor,
+          Hypervisor(DEST_URI, lv) as destination):
+        return MigrationRunner(source, monitor, destination, request, clock=clock, wait=clock.wait).run()
+
+
+@pytest.mark.parametrize("events", [True, False], ids=["job-completed-event", "no-events"])
+def test_post_copy_statistics_come_from_the_completion_event(cloud, hv1, clock, events):
+    job = Migration(samples=STALLED[:3], dirty_rate_mib=128)
+    cloud.add_guest(hv1, "web01", migration=job)
+
+    result = (run_with_events if events else run)(cloud, clock, allow_post_copy=True, **CAPPED)
+
+    assert (result.status, result.strategy) == ("completed", "post_copy")
+    # The destination keeps no statistics after post-copy; only the source's event carries them.
+    assert (result.downtime_ms, result.total_time_ms) == ((31, 1712) if events else (None, 1500))
+    assert cloud.event_callbacks == {}  # the runner stopped watching
+
+
+def test_precopy_statistics_prefer_the_completion_event(cloud, hv1, hv2, clock):
+    job = Migration(samples=PASSES, completed=completed_stats(downtime=44))
+    cloud.add_guest(hv1, "web01", migration=job)
+
+    result = run_with_events(cloud, clock)
+
+    assert (result.status, result.downtime_ms) == ("completed", 44)
+    assert hv2.guests["web01"].completed["downtime"] == 44

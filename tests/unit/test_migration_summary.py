@@ -21,6 +21,19 @@ ABORTED = {
         {"pass": 6, "time_ms": 2500, "what": "abort_retry", "why": "abortJob failed: busy"},
     ],
 }
+STEERED = {
+    "status": "completed", "owner": "hv2", "source": "hv1", "destination": "hv2", "strategy": "auto_converge",
+    "total_time_ms": 21000, "downtime_ms": 180, "data_sent_bytes": 1536 * 1024**2, "data_total_bytes": 512 * 1024**2,
+    "passes": 5, "final_ratio": 0.2,
+    "prediction": {"strategy": "auto_converge",
+                   "why": "pre-copy would finish never (ratio 1.90); QEMU may throttle the guest at 90 %, then 99 %"},
+    "actions": [
+        {"pass": 3, "time_ms": 13200, "what": "auto_converge", "value": 90, "helped": True,
+         "why": "ratio 0.95 >= 0.8 for 2 passes; QEMU throttles the guest at 90 %"},
+        {"pass": 5, "time_ms": 20100, "what": "set_downtime", "value": 200, "helped": False,
+         "why": "10 MiB remain at 64 MiB/s: a 200 ms stop sends them (budget 500 ms)"},
+    ],
+}
 
 
 @pytest.mark.parametrize(
@@ -38,13 +51,24 @@ ABORTED = {
             "pass 6 at 2500 ms: abort (the migration ran longer than its timeout of 2 s)",
             "pass 6 at 2500 ms: abort_retry (abortJob failed: busy)",
         ]),
+        (STEERED, [
+            "completed: hv1 -> hv2, guest runs on hv2",
+            "time 21000 ms, downtime 180 ms, passes 5, strategy auto_converge",
+            "sent 1536.0 MiB of 512.0 MiB, final ratio 0.2",
+            "predicted: auto_converge (pre-copy would finish never (ratio 1.90); QEMU may throttle the guest at 90 %, "
+            "then 99 %)",
+            "pass 3 at 13200 ms: auto_converge 90 (ratio 0.95 >= 0.8 for 2 passes; QEMU throttles the guest at 90 %, "
+            "helped)",
+            "pass 5 at 20100 ms: set_downtime 200 (10 MiB remain at 64 MiB/s: a 200 ms stop sends them (budget 500 "
+            "ms), did not help)",
+        ]),
         ({"status": "would_migrate", "actions": None}, [
             "would_migrate: None -> None, guest runs on None",
             "time ?, downtime ?, passes None, strategy None",
             "sent ? of ?, final ratio None",
         ]),
     ],
-    ids=["completed", "aborted-with-actions", "minimal"],
+    ids=["completed", "aborted-with-actions", "steered-with-prediction", "minimal"],
 )
 def test_migration_summary(migration, expected):
     assert migration_summary(migration) == expected

@@ -1,0 +1,412 @@
+# Copyright: kvm.live_migration maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The convergence policy: pure decisions over job-stat samples (no libvirt, no clock inside).
+
+Pre-copy converges when the guest dirties memory slower than the link carries it. The policy
+reads the convergence ratio r = dirty rate / transfer rate of every pass. A pass with
+r >= ``threshold`` does not converge; ``stall_passes`` such passes in a row climb one rung of
+the ladder, as far as the user permits and QEMU/libvirt support:
+
+1. raise the downtime limit to exactly what the remaining data needs, if that fits the budget;
+2. auto-converge: QEMU throttles the guest's vCPUs (armed before the start, with a starting
+   throttle and step computed from the measured rates, because libvirt cannot arm it later);
+3. post-copy: the guest runs on the destination, which fetches the pages it still lacks;
+4. abort: the guest keeps running on the source.
+
+After each rung the policy waits ``stall_passes`` passes and records whether r fell. Before
+the migration, a measured dirty rate predicts whether pre-copy converges at the bandwidth and
+picks the starting strategy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+STRATEGIES = ("precopy", "auto_converge", "post_copy")
+MIB = 1024 * 1024
+
+# QEMU's downtime limit covers the memory still to send; device state and the switch-over to the
+# destination come on top (about 40 ms in the lab), so part of the budget is kept for them.
+DOWNTIME_RESERVE_MS = 50
+DOWNTIME_RESERVE_FRACTION = 0.15
+# Start low, as oVirt and Proxmox do: a guest that converges anyway then pauses as briefly as it can.
+INITIAL_DOWNTIME_MS = 100
+# Raise the limit a little above the estimate: pages dirtied since the last sync are sent too.
+DOWNTIME_MARGIN = 1.25
+DOWNTIME_STEP_MS = 10
+# QEMU accepts throttle percentages from 1 to 99 and throttles in slices of 10 ms of vCPU time.
+MIN_THROTTLE_PCT = 20
+MAX_THROTTLE_PCT = 99
+THROTTLE_SLICE_MS = 10
+THROTTLE_STEP_PCT = 1
+# A throttled guest should dirty at most this fraction of the threshold: passes then shrink fast.
+THROTTLE_TARGET_FRACTION = 0.5
+# QEMU looks at the dirty rate at most once a second and steps its throttle every second look that
+# finds it high: give it the passes and the seconds of two more steps before climbing past it.
+THROTTLE_PATIENCE_PASSES = 8
+THROTTLE_PATIENCE_MS = 6000
+THROTTLE_SETTLE_MS = 1500
+# A step helped when the ratio fell by at least this fraction (measurements jitter by a few %).
+HELPED_RATIO_DROP = 0.1
+# With post-copy permitted, start with it when pre-copy is predicted to take this much longer than
+# one copy of memory (post-copy sends each page about once).
+POST_COPY_GAIN = 1.25
+
+
+@dataclass(frozen=True)
+class Features:
+    """Which convergence features both hosts' libvirt and QEMU support for this migration."""
+
+    auto_converge: bool = True
+    post_copy: bool = True
+    dirty_rate: bool = True
+    reasons: dict = field(default_factory=dict)  # feature -> why it is unavailable
+
+    def without(self, feature, reason):
+        return replace(self, **{feature: False}, reasons={**self.reasons, feature: reason})
+
+
+# (feature, binding names it needs, lowest libvirt, lowest QEMU), versions encoded as libvirt does.
+FEATURE_NEEDS = (
+    ("auto_converge", ("VIR_MIGRATE_AUTO_CONVERGE", "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL",
+                       "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT"), 2_000_000, 2_000_000),
+    ("post_copy", ("VIR_MIGRATE_POSTCOPY", "migrateStartPostCopy"), 1_003_003, 2_005_000),
+    ("dirty_rate", ("VIR_DOMAIN_STATS_DIRTYRATE", "startDirtyRateCalc"), 7_002_000, 5_002_000),
+)
+
+
+def detect_features(binding_names, source_versions, destination_versions, transport):
+    """Features both hosts support, from the binding's names and the hosts' version numbers.
+
+    ``*_versions`` are {"libvirt": int, "hypervisor": int} as ``Hypervisor.version_numbers`` returns.
+    """
+    features = Features()
+    for feature, names, lowest_libvirt, lowest_qemu in FEATURE_NEEDS:
+        missing = [name for name in names if name not in binding_names]
+        hosts = [source_versions] if feature == "dirty_rate" else [source_versions, destination_versions]
+        if missing:
+            features = features.without(feature, f"the libvirt Python binding lacks {', '.join(missing)}")
+        elif any(versions["libvirt"] < lowest_libvirt for versions in hosts):
+            features = features.without(feature, f"needs libvirt {_dotted(lowest_libvirt)} or later on both hosts")
+        elif any(versions["hypervisor"] < lowest_qemu for versions in hosts):
+            features = features.without(feature, f"needs QEMU {_dotted(lowest_qemu)} or later on both hosts")
+    if transport == "ssh" and features.post_copy:
+        features = features.without("post_copy", "tunnelled (transport: ssh) migration cannot switch to post-copy")
+    return features
+
+
+def _dotted(version):
+    return f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The user's convergence settings."""
+
+    threshold: float = 0.8
+    stall_passes: int = 2
+    max_downtime_ms: int = 500
+    allow_auto_converge: bool = True
+    allow_post_copy: bool = False
+
+    @property
+    def downtime_cap_ms(self):
+        """The highest limit given to QEMU so that the measured downtime stays within the budget."""
+        reserve = max(DOWNTIME_RESERVE_MS, int(self.max_downtime_ms * DOWNTIME_RESERVE_FRACTION))
+        return max(DOWNTIME_STEP_MS, self.max_downtime_ms - reserve)
+
+    @property
+    def initial_downtime_ms(self):
+        return min(self.downtime_cap_ms, INITIAL_DOWNTIME_MS)
+
+    def usable(self, features):
+        """The escalation rungs this migration may use, in ladder order (abort is always last)."""
+        rungs = ["raise_downtime"]
+        if self.allow_auto_converge and features.auto_converge:
+            rungs.append("auto_converge")
+        if self.allow_post_copy and features.post_copy:
+            rungs.append("post_copy")
+        return [*rungs, "abort"]
+
+
+# -- per-sample arithmetic ---------------------------------------------------------------------
+
+
+def needed_downtime_ms(sample, peak_bytes=0):
+    """The downtime limit that lets QEMU send what remains in one stop (None without a rate).
+
+    A sample read late in a short pass shows less than the next sync will find; QEMU's expected
+    downtime (from the last sync) and ``peak_bytes`` (the most that remained in the previous pass)
+    guard against raising the limit too little.
+    """
+    estimates = [sample.expected_downtime_ms] if sample.expected_downtime_ms > 0 else []
+    if sample.transfer_rate_bps > 0:
+        estimates.append(1000 * max(sample.remaining_bytes, peak_bytes) / sample.transfer_rate_bps)
+    if not estimates:
+        return None
+    estimate_ms = max(estimates)
+    return DOWNTIME_STEP_MS * math.ceil(estimate_ms * DOWNTIME_MARGIN / DOWNTIME_STEP_MS)
+
+
+def is_stalled(sample, policy):
+    ratio = sample.ratio
+    return ratio is not None and ratio >= policy.threshold
+
+
+# -- prediction before the start ----------------------------------------------------------------
+
+
+def throttle_plan(ratio, policy):
+    """(initial %, step %) of auto-converge's throttle.
+
+    QEMU throttles only a guest that dirtied more than half of what was sent in two one-second
+    looks in a row, so a throttled guest is one that pre-copy cannot finish; page sampling, which
+    cannot see a page rewritten within its second, had measured it too low. A short strong throttle
+    costs such a guest less CPU time than libvirt's 20 % + 10 % per step, which takes a minute to
+    bite. How strong is bounded by the pause budget: at t, QEMU lets a vCPU run 10 ms, then stops
+    it for t / (1 - t) x 10 ms. So the throttle starts at the strongest t whose stops fit
+    ``max_downtime_ms``, or at what the measured ratio needs (aiming at half the threshold) if
+    that is more; its one step of 1 % goes to QEMU's maximum.
+    """
+    budget_pct = math.floor(100 * policy.max_downtime_ms / (policy.max_downtime_ms + THROTTLE_SLICE_MS))
+    needed_pct = 0
+    if ratio:
+        needed_pct = math.ceil(100 * (1 - policy.threshold * THROTTLE_TARGET_FRACTION / ratio))
+    initial = min(MAX_THROTTLE_PCT, max(MIN_THROTTLE_PCT, budget_pct, needed_pct))
+    return initial, max(1, min(THROTTLE_STEP_PCT, MAX_THROTTLE_PCT - initial))
+
+
+def predict(dirty_rate_bps, memory_bytes, bandwidth_bps, policy, features):
+    """Whether pre-copy converges at this bandwidth, how long it would take, and how to start.
+
+    Each pre-copy pass resends what the previous one left dirty, so with r = dirty / bandwidth
+    the passes shrink geometrically and pre-copy takes about first pass / (1 - r) when r < 1.
+    Without a bandwidth cap the link's speed is unknown until the first pass measures it.
+    """
+    prediction = {"dirty_rate_bps": dirty_rate_bps, "bandwidth_bps": bandwidth_bps or None, "ratio": None,
+                  "first_pass_s": None, "precopy_s": None, "converges": None}
+    if dirty_rate_bps is None or not bandwidth_bps:
+        why = ("no dirty rate was measured" if dirty_rate_bps is None
+               else "no bandwidth cap: the link's speed is unknown until the first pass")
+        return {**prediction, **_start(policy, features, None, None, None, why)}
+    ratio = dirty_rate_bps / bandwidth_bps
+    first_pass_s = memory_bytes / bandwidth_bps
+    precopy_s = first_pass_s / (1 - ratio) if ratio < 1 else None
+    converges = ratio < policy.threshold
+    prediction.update(ratio=round(ratio, 3), first_pass_s=round(first_pass_s, 1),
+                      precopy_s=None if precopy_s is None else round(precopy_s, 1), converges=converges)
+    return {**prediction, **_start(policy, features, ratio, first_pass_s, precopy_s, None)}
+
+
+def _start(policy, features, ratio, first_pass_s, precopy_s, unknown_why):
+    rungs = policy.usable(features)
+    initial, increment = throttle_plan(ratio, policy) if "auto_converge" in rungs else (None, None)
+    plan = {"throttle_initial_pct": initial, "throttle_step_pct": increment}
+    if ratio is None:
+        return {**plan, "strategy": "precopy", "why": f"{unknown_why}; starting with pre-copy"}
+    slow = precopy_s is None or precopy_s > POST_COPY_GAIN * first_pass_s
+    if ratio < policy.threshold and not ("post_copy" in rungs and slow):
+        return {**plan, "strategy": "precopy", "why": f"pre-copy converges (ratio {ratio:.2f} below the threshold "
+                                                      f"{policy.threshold})"}
+    estimate = "never" if precopy_s is None else f"in about {precopy_s:.0f} s"
+    if "post_copy" in rungs:
+        return {**plan, "strategy": "post_copy",
+                "why": f"pre-copy would finish {estimate} (ratio {ratio:.2f}); post-copy sends each page about once, "
+                       f"about {first_pass_s:.0f} s"}
+    if "auto_converge" in rungs:
+        return {**plan, "strategy": "auto_converge",
+                "why": f"pre-copy would finish {estimate} (ratio {ratio:.2f}); QEMU may throttle the guest "
+                       f"at {initial} %, then {initial + increment} %"}
+    return {**plan, "strategy": "precopy",
+            "why": f"pre-copy would finish {estimate} (ratio {ratio:.2f}) and neither auto-converge nor post-copy "
+                   "is permitted and supported: expect an abort"}
+
+
+# -- steering during the migration ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing to do to the running migration."""
+
+    what: str  # set_downtime | auto_converge | post_copy | abort
+    why: str
+    value: int | None = None  # the new downtime limit, or the throttle percentage
+    judge: bool = True  # whether to check later that it helped
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A step whose effect is checked ``stall_passes`` passes after it was taken."""
+
+    index: int  # the step's position among all steps taken
+    what: str
+    taken_pass: int
+    ratio: float | None
+
+
+@dataclass(frozen=True)
+class Steering:
+    """Where the migration is on the ladder; ``steer`` returns the next Steering."""
+
+    downtime_limit_ms: int
+    rungs: tuple = ("raise_downtime", "abort")
+    start_post_copy: bool = False
+    last_pass: int = 0
+    stalled_passes: int = 0
+    climbed: tuple = ()  # rungs already used
+    pending: tuple = ()
+    steps_taken: int = 0
+    post_copy: bool = False
+    throttle_seen: bool = False
+    pass_peak_bytes: int = 0  # the most that remained in the current pass
+    last_pass_peak_bytes: int = 0  # ... and in the pass before
+    throttle_deadline: tuple | None = None  # (pass, time_ms) by which QEMU's throttle must have helped
+    throttle_maxed: tuple | None = None  # (pass, time_ms) when QEMU's throttle reached its maximum
+
+    @classmethod
+    def start(cls, policy, features, strategy="precopy"):
+        rungs = tuple(policy.usable(features))
+        return cls(downtime_limit_ms=policy.initial_downtime_ms, rungs=rungs,
+                   start_post_copy=strategy == "post_copy" and "post_copy" in rungs)
+
+    def without_rung(self, rung):
+        return replace(self, rungs=tuple(item for item in self.rungs if item != rung), start_post_copy=False)
+
+    @property
+    def strategy(self):
+        if self.post_copy:
+            return "post_copy"
+        return "auto_converge" if self.throttle_seen else "precopy"
+
+
+@dataclass(frozen=True)
+class Decision:
+    steering: Steering
+    steps: tuple = ()
+    verdicts: tuple = ()  # (step index, helped) of earlier steps judged now
+
+
+def steer(steering, sample, policy):
+    """What to do after reading ``sample``; acts once per pass (and at once to start post-copy)."""
+    if steering.post_copy or sample.iteration < 1:
+        return Decision(steering)
+    if steering.start_post_copy:
+        step = Step("post_copy", "the prediction chose post-copy: pre-copy would not finish in time")
+        return _taken(replace(steering, start_post_copy=False), (step,), (), sample)
+    steering = _note_throttle(steering, sample)
+    if sample.iteration <= steering.last_pass:
+        return Decision(replace(steering, pass_peak_bytes=max(steering.pass_peak_bytes, sample.remaining_bytes)))
+    stalled = is_stalled(sample, policy)
+    steering = replace(steering, last_pass=sample.iteration,
+                       stalled_passes=steering.stalled_passes + 1 if stalled else 0,
+                       last_pass_peak_bytes=steering.pass_peak_bytes, pass_peak_bytes=sample.remaining_bytes)
+    steering, verdicts = _judge(steering, sample, policy)
+    if steering.stalled_passes < policy.stall_passes and not _escalated(steering):
+        return Decision(steering, verdicts=verdicts)
+    steps = _fit_downtime(steering, sample, policy)
+    if not steps and steering.stalled_passes >= policy.stall_passes and not steering.pending:
+        steps = _climb(steering, sample, policy)
+    return _taken(steering, steps, verdicts, sample)
+
+
+def _note_throttle(steering, sample):
+    if sample.throttle_pct > 0 and not steering.throttle_seen:
+        steering = replace(steering, throttle_seen=True)
+    if sample.throttle_pct >= MAX_THROTTLE_PCT and steering.throttle_maxed is None:
+        steering = replace(steering, throttle_maxed=(sample.iteration, sample.time_ms))
+    return steering
+
+
+def _escalated(steering):
+    return any(rung != "raise_downtime" for rung in steering.climbed)
+
+
+def _judge(steering, sample, policy):
+    """Judge the steps taken ``stall_passes`` passes ago: did the ratio fall?"""
+    due = [item for item in steering.pending if sample.iteration - item.taken_pass >= policy.stall_passes]
+    if not due:
+        return steering, ()
+    verdicts = tuple((item.index, _helped(item, sample.ratio)) for item in due)
+    return replace(steering, pending=tuple(item for item in steering.pending if item not in due)), verdicts
+
+
+def _helped(item, ratio):
+    """A raised limit helps by ending the migration, so one still running passes later did not help;
+    throttling helps when the ratio fell."""
+    if item.what == "set_downtime":
+        return False
+    return ratio is not None and item.ratio is not None and ratio < item.ratio * (1 - HELPED_RATIO_DROP)
+
+
+def _fit_downtime(steering, sample, policy):
+    """Raise the limit to exactly what the remaining data needs, when that fits the budget."""
+    needed = needed_downtime_ms(sample, steering.last_pass_peak_bytes)
+    if needed is None or needed <= steering.downtime_limit_ms or needed > policy.downtime_cap_ms:
+        return ()
+    remaining_mib = max(sample.remaining_bytes, steering.last_pass_peak_bytes) / MIB
+    rate_mib = sample.transfer_rate_bps / MIB
+    why = (f"{remaining_mib:.0f} MiB remain at {rate_mib:.0f} MiB/s (QEMU expects a {sample.expected_downtime_ms} ms "
+           f"stop): a {needed} ms limit lets it finish (budget {policy.max_downtime_ms} ms)")
+    return (Step("set_downtime", why, value=needed),)
+
+
+def _climb(steering, sample, policy):
+    """The next rung above the ones used: auto-converge, post-copy or abort."""
+    ratio = sample.ratio
+    stall = (f"ratio {ratio:.2f} >= {policy.threshold} for {steering.stalled_passes} passes"
+             if ratio is not None else "no convergence")
+    if _throttle_still_rising(steering, sample, policy):
+        return ()
+    for rung in steering.rungs:
+        if rung == "raise_downtime" or rung in steering.climbed:
+            continue
+        if rung == "auto_converge":
+            throttle = sample.throttle_pct
+            how = f"QEMU throttles the guest at {throttle} %" if throttle else "QEMU's throttle is armed"
+            return (Step("auto_converge", f"{stall}; {how}", value=throttle or None),)
+        if rung == "post_copy":
+            return (Step("post_copy", f"{stall}; switching to post-copy"),)
+        needed = needed_downtime_ms(sample)
+        needs = f"; a stop now would take about {needed} ms" if needed else ""
+        return (Step("abort", f"{stall} and nothing permitted is left to make it converge{needs} "
+                              f"(budget {policy.max_downtime_ms} ms)", judge=False),)
+    return ()
+
+
+def _throttle_still_rising(steering, sample, policy):
+    """QEMU raises its throttle step by step: give it until the maximum (or a deadline), and then
+    ``stall_passes`` passes and a moment at the maximum, before climbing past auto-converge."""
+    if "auto_converge" not in steering.climbed or steering.throttle_deadline is None:
+        return False
+    if steering.throttle_maxed is None:
+        pass_deadline, time_deadline_ms = steering.throttle_deadline
+        return sample.iteration < pass_deadline or sample.time_ms < time_deadline_ms
+    maxed_pass, maxed_ms = steering.throttle_maxed
+    return sample.iteration < maxed_pass + policy.stall_passes or sample.time_ms < maxed_ms + THROTTLE_SETTLE_MS
+
+
+def _taken(steering, steps, verdicts, sample):
+    """Record ``steps`` in the steering: limits, climbed rungs, and checks to make later."""
+    pending = list(steering.pending)
+    climbed = list(steering.climbed)
+    limit = steering.downtime_limit_ms
+    index = steering.steps_taken
+    for step in steps:
+        rung = "raise_downtime" if step.what == "set_downtime" else step.what
+        if rung not in climbed:
+            climbed.append(rung)
+        if step.what == "set_downtime":
+            limit = step.value
+        if step.judge:
+            pending.append(Pending(index, step.what, sample.iteration, sample.ratio))
+        index += 1
+    deadline = steering.throttle_deadline
+    if any(step.what == "auto_converge" for step in steps):
+        deadline = (sample.iteration + THROTTLE_PATIENCE_PASSES, sample.time_ms + THROTTLE_PATIENCE_MS)
+    steering = replace(steering, pending=tuple(pending), climbed=tuple(climbed), downtime_limit_ms=limit,
+                       steps_taken=index, post_copy=steering.post_copy or any(s.what == "post_copy" for s in steps),
+                       throttle_deadline=deadline)
+    return Decision(steering, tuple(steps), verdicts)

@@ -1,0 +1,259 @@
+"""The convergence policy: pure functions over job-stat samples, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample
+from ansible_collections.kvm.live_migration.plugins.module_utils.policy import (
+    Features,
+    Policy,
+    Steering,
+    detect_features,
+    needed_downtime_ms,
+    predict,
+    steer,
+    throttle_plan,
+)
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+BW = 64 * MIB
+ALL_NAMES = {"VIR_MIGRATE_AUTO_CONVERGE", "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL",
+             "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT", "VIR_MIGRATE_POSTCOPY", "migrateStartPostCopy",
+             "VIR_DOMAIN_STATS_DIRTYRATE", "startDirtyRateCalc"}
+NEW = {"libvirt": 9_000_000, "hypervisor": 7_002_000}
+NOTHING = Features(auto_converge=False, post_copy=False)
+
+
+def at(iteration, ratio=None, remaining_mib=400, throttle=0, time_ms=None):
+    """A sample of pass ``iteration`` at 64 MiB/s whose dirty rate gives ``ratio``."""
+    dirty_pages = 0 if ratio is None else int(ratio * BW / 4096)
+    return JobSample(time_ms=time_ms if time_ms is not None else iteration * 1000, iteration=iteration,
+                     remaining_bytes=remaining_mib * MIB, processed_bytes=iteration * 400 * MIB, total_bytes=GIB,
+                     transfer_rate_bps=BW, dirty_rate_pages=dirty_pages, throttle_pct=throttle)
+
+
+def run_steering(samples, policy=None, features=None, strategy="precopy"):
+    """Feed the samples; return [(pass, what, value)] of the steps and {step index: helped} of verdicts."""
+    policy = policy or Policy()
+    steering = Steering.start(policy, features or Features(), strategy)
+    steps, verdicts = [], {}
+    for sample in samples:
+        decision = steer(steering, sample, policy)
+        steering = decision.steering
+        steps += [(sample.iteration, step.what, step.value) for step in decision.steps]
+        verdicts.update(dict(decision.verdicts))
+    return steps, verdicts, steering
+
+
+# -- downtime ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("budget", "cap", "initial"),
+    [(500, 425, 100), (300, 250, 100), (120, 70, 70), (40, 10, 10), (2000, 1700, 100)],
+)
+def test_downtime_cap_keeps_a_reserve_for_the_switch_over(budget, cap, initial):
+    policy = Policy(max_downtime_ms=budget)
+    assert (policy.downtime_cap_ms, policy.initial_downtime_ms) == (cap, initial)
+
+
+@pytest.mark.parametrize(
+    ("sample", "needed"),
+    [
+        (at(3, 0.9, remaining_mib=16), 320),  # 16 MiB at 64 MiB/s = 250 ms, + 25 %, rounded up to 10 ms
+        (at(3, 0.9, remaining_mib=1), 20),
+        (JobSample(time_ms=0, iteration=2, remaining_bytes=MIB, expected_downtime_ms=200), 250),
+        (JobSample(time_ms=0, iteration=2, remaining_bytes=MIB), None),
+    ],
+    ids=["from-rate", "small", "expected-downtime-without-rate", "nothing-known"],
+)
+def test_needed_downtime(sample, needed):
+    assert needed_downtime_ms(sample) == needed
+
+
+def test_needed_downtime_counts_the_previous_pass_peak():
+    assert needed_downtime_ms(at(3, 0.9, remaining_mib=1), peak_bytes=16 * MIB) == 320
+
+
+# -- throttle and prediction ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ratio", "budget_ms", "plan"),
+    [
+        (None, 500, (98, 1)),  # 98 %: stops of 490 ms after each 10 ms slice, within the 500 ms budget
+        (0.1, 500, (98, 1)),
+        (2.0, 500, (98, 1)),
+        (None, 100, (90, 1)),  # stops of 90 ms
+        (2.0, 100, (90, 1)),
+        (10.0, 100, (96, 1)),  # the measured ratio needs more than the budget's throttle
+        (None, 300, (96, 1)),
+        (None, 2000, (99, 1)),  # QEMU's maximum
+        (None, 1, (20, 1)),
+    ],
+)
+def test_throttle_plan(ratio, budget_ms, plan):
+    assert throttle_plan(ratio, Policy(max_downtime_ms=budget_ms)) == plan
+
+
+BOTH = Policy(allow_post_copy=True)
+AUTO = Policy()
+NONE = Policy(allow_auto_converge=False)
+
+
+@pytest.mark.parametrize(
+    ("dirty_mib", "bandwidth_mib", "policy", "features", "expected"),
+    [
+        (4, 64, AUTO, Features(),
+         {"ratio": 0.062, "converges": True, "strategy": "precopy", "first_pass_s": 8.0, "precopy_s": 8.5,
+          "throttle_initial_pct": 98}),
+        # Moderate: converges, but post-copy saves 40 % of the time.
+        (26, 64, BOTH, Features(),
+         {"ratio": 0.406, "converges": True, "strategy": "post_copy", "precopy_s": 13.5}),
+        (26, 64, AUTO, Features(), {"converges": True, "strategy": "precopy"}),
+        (128, 64, BOTH, Features(),
+         {"ratio": 2.0, "converges": False, "strategy": "post_copy", "precopy_s": None}),
+        (128, 64, BOTH, Features().without("post_copy", "no userfaultfd"),
+         {"strategy": "auto_converge", "throttle_initial_pct": 98, "throttle_step_pct": 1}),
+        (56, 64, AUTO, Features(), {"ratio": 0.875, "converges": False, "strategy": "auto_converge",
+                                    "throttle_initial_pct": 98, "throttle_step_pct": 1}),
+        (128, 64, NONE, Features(),
+         {"strategy": "precopy", "converges": False, "throttle_initial_pct": None, "throttle_step_pct": None}),
+        (128, 0, BOTH, Features(), {"ratio": None, "converges": None, "strategy": "precopy", "bandwidth_bps": None}),
+        (None, 64, BOTH, Features(), {"ratio": None, "converges": None, "strategy": "precopy",
+                                      "throttle_initial_pct": 98}),
+    ],
+    ids=["idle", "moderate-post-copy", "moderate-auto-converge", "heavy-post-copy", "heavy-no-userfaultfd",
+         "heavy-auto-converge", "heavy-nothing-permitted", "uncapped", "unmeasured"],
+)
+def test_predict(dirty_mib, bandwidth_mib, policy, features, expected):
+    dirty = None if dirty_mib is None else dirty_mib * MIB
+    prediction = predict(dirty, 512 * MIB, bandwidth_mib * MIB, policy, features)
+    assert {key: prediction[key] for key in expected} == expected
+    assert prediction["why"]
+
+
+def test_predict_explains_an_expected_abort():
+    prediction = predict(128 * MIB, 512 * MIB, BW, NONE, Features())
+    assert prediction["why"] == ("pre-copy would finish never (ratio 2.00) and neither auto-converge nor post-copy "
+                                 "is permitted and supported: expect an abort")
+
+
+# -- features --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("names", "source", "destination", "transport", "expected"),
+    [
+        (ALL_NAMES, NEW, NEW, "tls", {"auto_converge": True, "post_copy": True, "dirty_rate": True}),
+        (ALL_NAMES - {"migrateStartPostCopy"}, NEW, NEW, "tls",
+         {"post_copy": False, "reasons": {"post_copy": "the libvirt Python binding lacks migrateStartPostCopy"}}),
+        (ALL_NAMES, {"libvirt": 7_000_000, "hypervisor": 7_002_000}, NEW, "tls",
+         {"dirty_rate": False, "post_copy": True,
+          "reasons": {"dirty_rate": "needs libvirt 7.2.0 or later on both hosts"}}),
+        (ALL_NAMES, NEW, {"libvirt": 9_000_000, "hypervisor": 2_004_000}, "tls",
+         {"post_copy": False, "dirty_rate": True,
+          "reasons": {"post_copy": "needs QEMU 2.5.0 or later on both hosts"}}),
+        (ALL_NAMES, NEW, {"libvirt": 1_003_000, "hypervisor": 7_002_000}, "tls",
+         {"auto_converge": False, "post_copy": False}),
+        (ALL_NAMES, NEW, NEW, "ssh",
+         {"post_copy": False,
+          "reasons": {"post_copy": "tunnelled (transport: ssh) migration cannot switch to post-copy"}}),
+    ],
+    ids=["all", "binding-without-post-copy", "old-source-libvirt", "old-destination-qemu",
+         "ancient-destination-libvirt", "tunnelled"],
+)
+def test_detect_features(names, source, destination, transport, expected):
+    features = detect_features(names, source, destination, transport)
+    assert {key: getattr(features, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("policy", "features", "rungs"),
+    [
+        (Policy(), Features(), ["raise_downtime", "auto_converge", "abort"]),
+        (BOTH, Features(), ["raise_downtime", "auto_converge", "post_copy", "abort"]),
+        (BOTH, NOTHING, ["raise_downtime", "abort"]),
+        (Policy(allow_auto_converge=False, allow_post_copy=True), Features(), ["raise_downtime", "post_copy", "abort"]),
+    ],
+)
+def test_usable_rungs(policy, features, rungs):
+    assert policy.usable(features) == rungs
+
+
+# -- steering --------------------------------------------------------------------------------------
+
+CONVERGING = [at(1), at(2, 0.3, 200), at(3, 0.2, 60), at(4, 0.1, 10)]
+# The hot set: 40 MiB left every pass, a 780 ms stop (beyond the cap of 425 ms).
+STALLED = [at(1), *(at(n, 0.95, 40) for n in range(2, 13))]
+# The same, with QEMU's throttle at 50 % from pass 3 and at its maximum from pass 4.
+STALLED_THROTTLED = [at(1), at(2, 0.95, 40), at(3, 0.95, 40, throttle=50),
+                     *(at(n, 0.95, 40, throttle=99) for n in range(4, 9))]
+# Stalled until the throttle engages at pass 3, then the ratio and the remaining data fall.
+THROTTLED = [at(1), at(2, 0.95, 300), at(3, 0.95, 300, throttle=60), at(4, 0.5, 100, throttle=60),
+             at(5, 0.3, 15, throttle=80), at(6, 0.2, 5, throttle=80)]
+
+
+@pytest.mark.parametrize(
+    ("samples", "policy", "features", "steps", "verdicts"),
+    [
+        pytest.param(CONVERGING, AUTO, Features(), [], {}, id="converging"),
+        pytest.param([at(1), at(2, 0.9, 10), at(3, 0.9, 10)], AUTO, Features(),
+                     [(3, "set_downtime", 200)], {}, id="stalled-but-fits-budget"),
+        pytest.param([at(1), at(2, 0.9, 10), at(3, 0.9, 10), at(4, 0.9, 10), at(5, 0.9, 10)], AUTO, NOTHING,
+                     [(3, "set_downtime", 200), (5, "abort", None)], {0: False}, id="raised-limit-did-not-help"),
+        pytest.param(STALLED, NONE, Features(), [(3, "abort", None)], {}, id="stalled-nothing-permitted"),
+        # At its maximum from pass 4: two passes and 1.5 s there before the ladder climbs on.
+        pytest.param(STALLED_THROTTLED, AUTO, Features(), [(3, "auto_converge", 50), (6, "abort", None)],
+                     {0: False}, id="throttle-at-maximum-did-not-help-then-abort"),
+        pytest.param(STALLED_THROTTLED, BOTH, Features(), [(3, "auto_converge", 50), (6, "post_copy", None)],
+                     {0: False}, id="throttle-at-maximum-did-not-help-then-post-copy"),
+        # QEMU's throttle never rose: the ladder waits 8 passes for it, then climbs on.
+        pytest.param(STALLED, AUTO, Features(), [(3, "auto_converge", None), (11, "abort", None)], {0: False},
+                     id="throttle-never-rose-then-abort-at-deadline"),
+        pytest.param(STALLED, BOTH, Features(auto_converge=False), [(3, "post_copy", None)], {},
+                     id="no-auto-converge-support"),
+        # At pass 5 only 15 MiB remain, but pass 4 held 100 MiB: the limit waits for pass 6 (15 MiB peak).
+        pytest.param(THROTTLED, AUTO, Features(), [(3, "auto_converge", 60), (6, "set_downtime", 300)], {0: True},
+                     id="throttle-helped-then-downtime-fits"),
+        pytest.param([at(1), at(2, 0.9), at(3, 0.5), at(4, 0.9), at(5, 0.5)], NONE, Features(), [], {},
+                     id="stall-counter-resets"),
+        pytest.param(STALLED[:8], Policy(stall_passes=4, allow_auto_converge=False), Features(), [(5, "abort", None)],
+                     {}, id="stall-passes-4"),
+        pytest.param(STALLED, Policy(threshold=1.0, allow_auto_converge=False), Features(), [], {},
+                     id="threshold-1"),
+    ],
+)
+def test_steer(samples, policy, features, steps, verdicts):
+    taken, judged, _steering = run_steering(samples, policy, features)
+    assert (taken, judged) == (steps, verdicts)
+
+
+def test_steer_starts_post_copy_at_the_first_sample_when_predicted():
+    steps, verdicts, steering = run_steering([at(1), at(2, 2.0), at(3, 2.0), at(4, 2.0)], BOTH, Features(),
+                                             strategy="post_copy")
+    assert (steps, verdicts, steering.strategy) == ([(1, "post_copy", None)], {}, "post_copy")
+
+
+def test_steer_ignores_a_post_copy_strategy_that_is_not_usable():
+    steps, _verdicts, steering = run_steering([at(1), at(2, 2.0)], AUTO, Features(), strategy="post_copy")
+    assert (steps, steering.strategy) == ([], "precopy")
+
+
+def test_steer_acts_once_per_pass():
+    samples = [at(1), at(2, 0.95, 40), at(3, 0.95, 40), at(3, 0.95, 40), at(3, 0.95, 40)]
+    steps, _verdicts, steering = run_steering(samples, NONE, Features())
+    assert steps == [(3, "abort", None)]
+    assert steering.last_pass == 3
+
+
+def test_strategy_reports_a_throttle_qemu_applied():
+    _steps, _verdicts, steering = run_steering(THROTTLED, AUTO, Features())
+    assert steering.strategy == "auto_converge"
+
+
+def test_steering_raises_the_limit_it_reports():
+    _steps, _verdicts, steering = run_steering(THROTTLED, AUTO, Features())
+    assert steering.downtime_limit_ms == 300

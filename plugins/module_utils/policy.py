@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-STRATEGIES = ("precopy", "auto_converge", "post_copy")
 MIB = 1024 * 1024
 
 # QEMU's downtime limit covers the memory still to send; device state and the switch-over to the

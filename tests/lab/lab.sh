@@ -292,7 +292,9 @@ allow_post_copy() {
 
 restore_post_copy_setting() {
     local saved=$LAB_STATE/unprivileged_userfaultfd.before
-    [ -s "$saved" ] && cat "$saved" >"$USERFAULTFD_SYSCTL" 2>/dev/null || true
+    if [ -s "$saved" ]; then
+        cat "$saved" >"$USERFAULTFD_SYSCTL" 2>/dev/null || log "could not restore $USERFAULTFD_SYSCTL"
+    fi
 }
 
 cmd_down() {

@@ -326,8 +326,11 @@ class FakeConnection:
         assert event_id == C.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, "the fake only sends JOB_COMPLETED"
         assert self.cloud.event_loop, "libvirt sends no events before virEventRegisterDefaultImpl"
         callback_id = next(_CALLBACK_IDS)
-        self.cloud.event_callbacks[callback_id] = (self, domain._uuid, lambda stats: callback(self, domain, stats,
-                                                                                                opaque))
+
+        def deliver(stats):
+            callback(self, domain, stats, opaque)
+
+        self.cloud.event_callbacks[callback_id] = (self, domain._uuid, deliver)
         return callback_id
 
     def domainEventDeregisterAny(self, callback_id):

@@ -24,6 +24,9 @@ CRASH = re.compile(r"Kernel panic|BUG: |Oops: |general protection fault|KVMLM er
 
 
 def pytest_collection_modifyitems(items):
+    # test_lab brings its own lab up and tears it down: it runs before any test that shares the
+    # session's lab (running_lab), or it would tear that one down under them.
+    items.sort(key=lambda item: item.module.__name__ != "test_lab")
     if os.geteuid() != 0:
         for item in items:
             item.add_marker(pytest.mark.skip(reason="the lab needs root (namespaces, libvirtd)"))
@@ -105,6 +108,20 @@ class Lab:
         text = self.serial_log(host, name)
         crash = CRASH.search(text)
         return None if crash is None else text[max(0, crash.start() - 200):crash.start() + 800]
+
+    def xfail_if_crashed_after_migration(self, host, name):
+        """Mark the test an expected failure when the migrated guest crashed on arrival.
+
+        Call it once everything the module claims has been asserted. QEMU 7.2 under TCG loses guest
+        writes made through TLB entries that outlive a dirty-bitmap sync, so a pre-copied guest
+        sometimes arrives with a corrupted kernel stack; KVM tracks dirty pages in the kernel and
+        is not affected (DEVELOPERS.md). Without a crash, the caller goes on to check the counter.
+        """
+        time.sleep(2)  # a guest whose memory arrived corrupted crashes within moments
+        crash = self.crash(host, name)
+        if crash:
+            pytest.xfail(f"lab limitation: QEMU 7.2 TCG lost guest writes during pre-copy; {name} crashed on "
+                         f"{host}:\n{crash}")
 
     def wait_for_tick_after(self, host, name, tick, timeout=30):
         deadline = time.monotonic() + timeout

@@ -275,14 +275,15 @@ class MigrationRunner:
         if placement != "source":
             raise MigrationError(placement)
         watched = self.monitor.find_domain(self.request.name)
+        memory_bytes = watched.maxMemory() * 1024
         features = self._features()
-        result.prediction = self._predict(watched, features)
+        result.prediction = self._predict(watched, features, memory_bytes)
         if check_mode:
             result.status, result.owner = "would_migrate", result.source
             result.strategy = result.prediction["strategy"]
             result.actions = self.actions
             return result
-        return self._migrate(result, watched, features)
+        return self._migrate(result, watched, features, memory_bytes)
 
     # -- phases -----------------------------------------------------------------------------
 
@@ -319,7 +320,7 @@ class MigrationRunner:
         return detect_features(binding_names, self.source.version_numbers(), self.destination.version_numbers(),
                                self.request.transport)
 
-    def _predict(self, watched, features):
+    def _predict(self, watched, features, memory_bytes):
         """The prediction from a measured dirty rate (when asked and possible) and the starting strategy."""
         dirty_rate_bps, measured_ms = None, None
         if self.request.measure_dirty_rate and features.dirty_rate:
@@ -328,7 +329,6 @@ class MigrationRunner:
             measured_ms = int((self.clock() - started) * 1000)
         elif self.request.measure_dirty_rate:
             self._record("measure_skipped", f"dirty rate not measured: {features.reasons['dirty_rate']}")
-        memory_bytes = watched.maxMemory() * 1024
         prediction = predict(dirty_rate_bps, memory_bytes, self.request.bandwidth_mib * MIB, self.policy, features)
         return {**prediction, "measure_time_ms": measured_ms}
 
@@ -352,9 +352,8 @@ class MigrationRunner:
             self._record("measure_failed", f"measuring the dirty rate failed: {error.get_error_message()}")
             return None
 
-    def _migrate(self, result, watched, features):
+    def _migrate(self, result, watched, features, memory_bytes):
         domain = self.source.find_domain(self.request.name)
-        memory_bytes = domain.maxMemory() * 1024
         timeout_s = self.request.timeout_s or default_timeout_s(memory_bytes)
         while True:
             self.steering = Steering.start(self.policy, features, result.prediction["strategy"])
@@ -550,13 +549,7 @@ class MigrationRunner:
     def _completed_stats(self, hypervisor):
         """The completed job's statistics as ``hypervisor`` keeps them, or None."""
         domain = hypervisor.find_domain(self.request.name)
-        if domain is None:
-            return None
-        try:
-            stats = domain.jobStats(self.lv.VIR_DOMAIN_JOB_STATS_COMPLETED)
-        except self.lv.libvirtError:
-            return None
-        return None if stats.get("type") in (None, self.lv.VIR_DOMAIN_JOB_NONE) else stats
+        return None if domain is None else completed_job_stats(self.lv, domain)
 
     def _apply_completed_stats(self, result, stats):
         if not stats:
@@ -665,10 +658,13 @@ def read_job(hypervisor, name):
         stats = domain.jobStats()
     if stats.get("type") not in (None, lv.VIR_DOMAIN_JOB_NONE):
         return {"active": True, **progress(JobSample.from_stats(stats, stats.get("time_elapsed") or 0))}, None
+    return {"active": False}, completed_job_stats(lv, domain)
+
+
+def completed_job_stats(lv, domain):
+    """The statistics of the domain's last completed job, or None when libvirt keeps none."""
     try:
-        completed = domain.jobStats(lv.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        stats = domain.jobStats(lv.VIR_DOMAIN_JOB_STATS_COMPLETED)
     except lv.libvirtError:
-        completed = None  # this libvirt keeps no completed statistics for the guest
-    if not completed or completed.get("type") in (None, lv.VIR_DOMAIN_JOB_NONE):
-        completed = None
-    return {"active": False}, completed
+        return None  # this libvirt keeps no completed statistics for the guest
+    return None if not stats or stats.get("type") in (None, lv.VIR_DOMAIN_JOB_NONE) else stats

@@ -48,7 +48,9 @@ POST_COPY_SWITCH_TRIES = 5
 COMPLETION_EVENT_WAIT_S = 2
 # Errors at the start of a migration that mean "this host cannot do that feature": retry without it.
 _UNSUPPORTED_AT_START = (
-    ("post_copy", ("postcopy is not supported", "post-copy migration is not supported", "userfaultfd")),
+    # libvirt 9 sometimes reports the destination QEMU's refusal only as the peer connection's end.
+    ("post_copy", ("postcopy is not supported", "post-copy migration is not supported", "userfaultfd",
+                   "end of file while reading data")),
     ("auto_converge", ("auto_converge", "auto-converge")),
 )
 _FEATURE_FIXES = {

@@ -377,6 +377,17 @@ def test_run_records_why_it_acted(cloud, hv1, clock):
     assert [entry["downtime_limit_ms"] for entry in result.timeline] == [100, 100, 100, 100, 100, 200]
 
 
+def test_run_retries_without_post_copy_when_the_refusal_shows_as_end_of_file(cloud, hv1, clock):
+    refusal = libvirtError("End of file while reading data: : Input/output error", C.VIR_ERR_SYSTEM_ERROR)
+    job = Migration(samples=PASSES, start_error=refusal)
+    cloud.add_guest(hv1, "web01", migration=job)
+
+    result = run(cloud, clock, allow_post_copy=True)
+
+    assert (result.status, result.strategy, len(job.starts)) == ("completed", "precopy", 2)
+    assert [action["what"] for action in result.actions] == ["post_copy_unavailable"]
+
+
 def test_run_retries_without_post_copy_the_destination_refuses(cloud, hv1, clock):
     refusal = libvirtError("internal error: unable to execute QEMU command 'migrate-set-capabilities': Postcopy is "
                            "not supported", C.VIR_ERR_INTERNAL_ERROR)

@@ -18,6 +18,7 @@ import re
 import threading
 import traceback
 import xml.etree.ElementTree as ET
+from urllib.parse import urlsplit
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError, libvirt_errors
 
@@ -135,7 +136,7 @@ class Hypervisor:
         return capabilities.findtext("host/uuid")
 
     def versions(self):
-        return {key: _dotted(number) for key, number in self.version_numbers().items()}
+        return {key: dotted_version(number) for key, number in self.version_numbers().items()}
 
     def version_numbers(self):
         """libvirt's and the hypervisor's versions as libvirt encodes them (major * 1,000,000 + ...)."""
@@ -209,9 +210,14 @@ def client_versions(libvirt_module=None):
         binding = importlib.metadata.version("libvirt-python")
     except importlib.metadata.PackageNotFoundError:
         binding = None  # a distribution package (python3-libvirt) without pip metadata
-    return {"libvirt_python": binding, "libvirt_client": _dotted(lv.getVersion())}
+    return {"libvirt_python": binding, "libvirt_client": dotted_version(lv.getVersion())}
 
 
-def _dotted(version):
+def dotted_version(version):
     """libvirt encodes versions as major * 1,000,000 + minor * 1,000 + release."""
     return f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
+
+
+def is_local_uri(uri):
+    """Whether a libvirt URI reaches the daemon of the host running the module (it names no host)."""
+    return not urlsplit(uri).hostname

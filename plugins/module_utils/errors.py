@@ -44,6 +44,16 @@ _MESSAGE_FIXES = (
         "check the libvirt/QEMU TLS certificates on both hosts (migrate_tls_x509_cert_dir in qemu.conf)",
     ),
     (
+        re.compile(r"Cannot get interface MTU on '[^']*': No such device", re.IGNORECASE),
+        "the destination lacks the bridge or network device the guest's interface uses: create it there "
+        "(kvm.live_migration.preflight names it before anything moves)",
+    ),
+    (
+        re.compile(r"guest CPU doesn't match specification: missing features", re.IGNORECASE),
+        "the destination's CPU lacks features of the guest's CPU: give the guest a CPU model both hosts provide "
+        "(kvm.live_migration.preflight names the features)",
+    ),
+    (
         re.compile(r"unsupported configuration: .*(cannot migrate|not migratable|hostdev)", re.IGNORECASE),
         "remove or hot-unplug the devices that block migration (host devices, non-migratable devices)",
     ),
@@ -57,7 +67,8 @@ _CODE_FIXES = {
     "VIR_ERR_OPERATION_TIMEOUT": "another job holds the guest; wait for it or abort it with 'virsh domjobabort'",
     "VIR_ERR_OPERATION_UNSUPPORTED": "this libvirt/QEMU does not support the requested feature; do not request it",
     "VIR_ERR_ARGUMENT_UNSUPPORTED": "this libvirt does not support the requested option; upgrade libvirt or drop it",
-    "VIR_ERR_CPU_INCOMPATIBLE": "the destination CPU lacks features of the guest CPU; use a portable CPU model",
+    "VIR_ERR_CPU_INCOMPATIBLE": "the destination's CPU lacks features of the guest's CPU: give the guest a CPU model "
+                                "both hosts provide (kvm.live_migration.preflight names the features)",
     "VIR_ERR_SYSTEM_ERROR": "check that the hypervisor is reachable and libvirtd runs there",
     "VIR_ERR_NO_CONNECT": "check the libvirt URI and that libvirtd runs on that host",
     "VIR_ERR_AUTH_FAILED": "check the credentials (SSH key, SASL, polkit) for the libvirt URI",

@@ -335,24 +335,11 @@ class MigrationRunner:
         return {**prediction, "measure_time_ms": measured_ms}
 
     def _measure_dirty_rate(self, watched):
-        """The guest's dirty rate in bytes/s over DIRTY_RATE_SECONDS, or None when libvirt could not measure it."""
-        lv = self.lv
-        idle = threading.Event()
-        try:
-            watched.startDirtyRateCalc(DIRTY_RATE_SECONDS, 0)
-            deadline = self.clock() + DIRTY_RATE_SECONDS + DIRTY_RATE_GRACE_S
-            self.wait(DIRTY_RATE_SECONDS, idle)
-            while True:
-                stats = self.monitor.conn.domainListGetStats([watched], lv.VIR_DOMAIN_STATS_DIRTYRATE, 0)[0][1]
-                if stats.get("dirtyrate.calc_status") == lv.VIR_DOMAIN_DIRTYRATE_MEASURED:
-                    return int(stats.get("dirtyrate.megabytes_per_second", 0)) * MIB
-                if self.clock() >= deadline:
-                    self._record("measure_failed", "libvirt did not finish measuring the dirty rate in time")
-                    return None
-                self.wait(0.1, idle)
-        except lv.libvirtError as error:
-            self._record("measure_failed", f"measuring the dirty rate failed: {error.get_error_message()}")
-            return None
+        """The guest's dirty rate in bytes/s, or None (recorded) when libvirt could not measure it."""
+        rate, failure = measure_dirty_rate(self.lv, self.monitor.conn, watched, self.clock, self.wait)
+        if failure:
+            self._record("measure_failed", failure)
+        return rate
 
     def _migrate(self, result, watched, features, memory_bytes):
         domain = self.source.find_domain(self.request.name)
@@ -630,6 +617,27 @@ class MigrationRunner:
 
     def _judged(self, index, helped):
         self._steps[index]["helped"] = helped
+
+
+def measure_dirty_rate(lv, conn, domain, clock, wait):
+    """(bytes/s, None) measured by QEMU over DIRTY_RATE_SECONDS, or (None, why) when libvirt could not.
+
+    ``wait(seconds, event)`` sleeps; ``clock()`` reads monotonic seconds (both injected for tests).
+    """
+    idle = threading.Event()
+    try:
+        domain.startDirtyRateCalc(DIRTY_RATE_SECONDS, 0)
+        deadline = clock() + DIRTY_RATE_SECONDS + DIRTY_RATE_GRACE_S
+        wait(DIRTY_RATE_SECONDS, idle)
+        while True:
+            stats = conn.domainListGetStats([domain], lv.VIR_DOMAIN_STATS_DIRTYRATE, 0)[0][1]
+            if stats.get("dirtyrate.calc_status") == lv.VIR_DOMAIN_DIRTYRATE_MEASURED:
+                return int(stats.get("dirtyrate.megabytes_per_second", 0)) * MIB, None
+            if clock() >= deadline:
+                return None, "libvirt did not finish measuring the dirty rate in time"
+            wait(0.1, idle)
+    except lv.libvirtError as error:
+        return None, f"measuring the dirty rate failed: {error.get_error_message()}"
 
 
 def budget_exceeded(sample, timeout_s, max_data_bytes, max_data_factor):

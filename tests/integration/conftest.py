@@ -32,8 +32,9 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.skip(reason="the lab needs root (namespaces, libvirtd)"))
 
 
-def lab(*args, check=True, timeout=300):
-    return subprocess.run([str(LAB_SH), *args], check=check, capture_output=True, text=True, timeout=timeout)
+def lab(*args, check=True, timeout=300, env=None):
+    return subprocess.run([str(LAB_SH), *args], check=check, capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 @dataclass
@@ -70,8 +71,10 @@ class Lab:
     def defined_guests(self, host):
         return set(self.virsh(host, "list", "--all", "--name").split())
 
-    def start_guest(self, host, name, memory_mib=512, dirty_mib=64, pages_per_s=0):
-        lab("guest-start", host, name, str(memory_mib), str(dirty_mib), str(pages_per_s))
+    def start_guest(self, host, name, memory_mib=512, dirty_mib=64, pages_per_s=0, cpu="", devices=""):
+        """Define and start a lab guest; ``cpu`` is a <cpu> element and ``devices`` more devices, as XML."""
+        lab("guest-start", host, name, str(memory_mib), str(dirty_mib), str(pages_per_s),
+            env={"KVMLM_GUEST_CPU": cpu, "KVMLM_GUEST_DEVICES": devices})
 
     def remove_guest(self, name):
         for host in ("hv1", "hv2"):

@@ -13,6 +13,11 @@
 #   lab.sh check-clean        exits 1 and lists leftovers if anything of the lab remains
 #   lab.sh exec HOST CMD...   run CMD inside hypervisor HOST (hv1 or hv2)
 #   lab.sh guest-start HOST NAME [MEMORY_MIB MIB RATE [TOUCH_MIB]]   define and start a guest on HOST
+#                             (KVMLM_GUEST_CPU and KVMLM_GUEST_DEVICES add a <cpu> element and devices)
+#   lab.sh restart-libvirtd HOST          restart HOST's libvirtd (its guests keep running)
+#   lab.sh host-uuid HOST [UUID|restore]  print HOST's libvirt host UUID, or set it (restarts libvirtd)
+#   lab.sh hide-cpu-feature HOST FEATURE  make HOST's libvirt see TCG's CPU without FEATURE (restarts libvirtd)
+#   lab.sh restore-cpu-features HOST      undo hide-cpu-feature
 #   lab.sh inventory          print the path of the generated Ansible inventory
 set -euo pipefail
 
@@ -187,6 +192,78 @@ wait_for_host() {
     done
 }
 
+# The shared image directory as a libvirt storage pool on each host: how a hypervisor, and preflight,
+# see that a guest's files are at the same path on both.
+make_image_pool() {
+    local host=$1
+    in_host "$host" virsh -q -c qemu:///system pool-define-as kvmlm-images dir --target "$LAB_IMAGES" >/dev/null
+    in_host "$host" virsh -q -c qemu:///system pool-start kvmlm-images >/dev/null
+}
+
+# The pid file, not pgrep: the hosts share this machine's process namespace.
+cmd_restart_libvirtd() {
+    local host=${1:?host} pid tries=0
+    pid=$(cat "$LAB_STATE/$host/run/libvirtd.pid")
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do
+        tries=$((tries + 1))
+        [ $tries -lt 100 ] || die "libvirtd ($pid) on $host did not stop within 20 s"
+        sleep 0.2
+    done
+    in_host "$host" libvirtd -d
+    wait_for_host "$host"
+}
+
+cmd_host_uuid() {
+    local host=${1:?host} wanted=${2:-} conf=$LAB_STATE/${1:-}/etc/libvirtd.conf
+    if [ -z "$wanted" ]; then
+        sed -n 's/^host_uuid = "\(.*\)"$/\1/p' "$conf"
+        return
+    fi
+    if [ "$wanted" = restore ]; then
+        [ -f "$conf.lab" ] || return 0
+        mv "$conf.lab" "$conf"
+    else
+        [ -f "$conf.lab" ] || cp -p "$conf" "$conf.lab"
+        sed -i "s/^host_uuid = .*/host_uuid = \"$wanted\"/" "$conf"
+    fi
+    cmd_restart_libvirtd "$host"
+}
+
+# libvirt caches what it probed of QEMU; the CPU TCG offers is the <hostCPU type='tcg'> part. Turning
+# a feature off there is how the lab gets a destination whose CPU lacks it (QEMU itself is unchanged,
+# so only libvirt's CPU checks see the difference).
+qemu_caps_file() {
+    local host=$1
+    in_host "$host" virsh -q -c qemu:///system capabilities >/dev/null  # probes QEMU if nothing is cached
+    grep -l "<emulator>/usr/bin/qemu-system-x86_64</emulator>" "$LAB_STATE/$host"/cache/qemu/capabilities/*.xml
+}
+
+cmd_hide_cpu_feature() {
+    local host=${1:?host} feature=${2:?feature} caps
+    caps=$(qemu_caps_file "$host")
+    [ -f "$caps.lab" ] || cp -p "$caps" "$caps.lab"
+    awk -v feature="$feature" -v q="'" '
+        /<hostCPU type=.tcg./ { tcg = 1 }
+        tcg && index($0, "<property name=" q feature q " type=" q "boolean" q " value=" q "true" q) {
+            sub(/value=.true./, "value=" q "false" q); hidden = 1
+        }
+        /<\/hostCPU>/ { tcg = 0 }
+        { print }
+        END { exit !hidden }
+    ' "$caps.lab" >"$caps" || die "TCG's CPU on $host has no feature $feature to hide"
+    cmd_restart_libvirtd "$host"
+}
+
+cmd_restore_cpu_features() {
+    local host=${1:?host} caps
+    for caps in "$LAB_STATE/$host"/cache/qemu/capabilities/*.xml.lab; do
+        [ -f "$caps" ] || return 0
+        mv "$caps" "${caps%.lab}"
+    done
+    cmd_restart_libvirtd "$host"
+}
+
 lab_ssh() {
     local host=$1
     shift
@@ -243,7 +320,10 @@ cmd_up() {
         make_host_namespaces "$host"
         start_daemons "$host"
     done
-    for host in "${HOSTS[@]}"; do wait_for_host "$host"; done
+    for host in "${HOSTS[@]}"; do
+        wait_for_host "$host"
+        make_image_pool "$host"
+    done
     write_inventory
     log "up: hv1=${HOST_IP[hv1]} hv2=${HOST_IP[hv2]}; inventory $LAB_STATE/inventory.yml"
 }
@@ -378,6 +458,7 @@ guest_xml() {
     <initrd>$LAB_IMAGES/initrd.gz</initrd>
     <cmdline>console=ttyS0 quiet panic=-1 pti=on kvmlm.mib=$mib kvmlm.rate=$rate kvmlm.touch_mib=$touch</cmdline>
   </os>
+  ${KVMLM_GUEST_CPU:-}
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
@@ -391,6 +472,7 @@ guest_xml() {
       <target type='serial' port='0'/>
     </console>
     <memballoon model='none'/>
+    ${KVMLM_GUEST_DEVICES:-}
   </devices>
 </domain>
 EOF
@@ -422,8 +504,12 @@ main() {
         exec) [ $# -ge 2 ] || die "usage: lab.sh exec HOST CMD..."; in_host "$@" ;;
         ssh) lab_ssh "$@" ;;
         guest-start) cmd_guest_start "$@" ;;
+        restart-libvirtd) cmd_restart_libvirtd "$@" ;;
+        host-uuid) cmd_host_uuid "$@" ;;
+        hide-cpu-feature) cmd_hide_cpu_feature "$@" ;;
+        restore-cpu-features) cmd_restore_cpu_features "$@" ;;
         inventory) echo "$LAB_STATE/inventory.yml" ;;
-        *) sed -n '2,18s/^# \{0,1\}//p' "$0"; [ -z "$cmd" ] || exit 2 ;;
+        *) sed -n '2,23s/^# \{0,1\}//p' "$0"; [ -z "$cmd" ] || exit 2 ;;
     esac
 }
 

@@ -18,6 +18,7 @@ import threading
 import time
 import types
 import uuid
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 
 MIB = 1024 * 1024
@@ -43,6 +44,10 @@ CONSTANTS = {
     "VIR_ERR_MIGRATE_UNSAFE": 81,
     "VIR_ERR_OPERATION_UNSUPPORTED": 84,
     "VIR_ERR_CPU_INCOMPATIBLE": 91,
+    "VIR_ERR_NO_NETWORK": 43,
+    "VIR_ERR_NO_STORAGE_POOL": 49,
+    "VIR_ERR_NO_STORAGE_VOL": 50,
+    "VIR_ERR_NO_INTERFACE": 57,
     "VIR_ERR_NONE": 0,
     "VIR_ERR_WARNING": 1,
     "VIR_ERR_ERROR": 2,
@@ -92,6 +97,14 @@ CONSTANTS = {
     "VIR_MIGRATE_PARAM_COMPRESSION": "compression",
     "VIR_MIGRATE_PARAM_MIGRATE_DISKS": "migrate_disks",
     "VIR_DOMAIN_EVENT_ID_JOB_COMPLETED": 21,
+    # Host and guest descriptions.
+    "VIR_NODE_MEMORY_STATS_ALL_CELLS": -1,
+    "VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE": 1,
+    "VIR_CPU_COMPARE_ERROR": -1,
+    "VIR_CPU_COMPARE_INCOMPATIBLE": 0,
+    "VIR_CPU_COMPARE_IDENTICAL": 1,
+    "VIR_CPU_COMPARE_SUPERSET": 2,
+    "VIR_DOMAIN_XML_MIGRATABLE": 8,
     # Dirty-rate measurement.
     "VIR_DOMAIN_STATS_DIRTYRATE": 512,
     "VIR_DOMAIN_DIRTYRATE_UNSTARTED": 0,
@@ -207,6 +220,30 @@ class Guest:
     memory_kib: int = GIB // 1024
     migration: Migration = field(default_factory=Migration)
     completed: dict | None = None  # what jobStats(COMPLETED) returns
+    devices: str = ""  # XML inside <devices> besides the emulator
+    cpu: str = ""  # the <cpu> element, "" for none (the hypervisor's default model)
+    os: str = "<type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type>"
+    domain_type: str = "qemu"
+    job_type: int = 0  # jobInfo()[0] outside a scripted migration (another job holds the guest)
+    block_sizes: dict = field(default_factory=dict)  # target -> capacity in bytes
+
+    def xml(self):
+        return (f"<domain type='{self.domain_type}'><name>{self.name}</name><uuid>{self.uuid}</uuid>"
+                f"<memory unit='KiB'>{self.memory_kib}</memory><vcpu>1</vcpu><os>{self.os}</os>{self.cpu}"
+                f"<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>{self.devices}</devices></domain>")
+
+
+MACHINES_X86 = ("pc-i440fx-7.2", "pc", "pc-q35-7.2", "q35")
+MODEL_VENDORS = {"qemu64": None, "kvm64": None, "Skylake-Client": "Intel", "Cascadelake-Server": "Intel",
+                 "EPYC": "AMD", "EPYC-Rome": "AMD"}
+
+
+@dataclass
+class GuestArchCaps:
+    arch: str = "x86_64"
+    wordsize: int = 64
+    domain_types: tuple = ("qemu", "kvm")
+    machines: tuple = MACHINES_X86
 
 
 @dataclass
@@ -218,6 +255,20 @@ class FakeHost:
     guests: dict = field(default_factory=dict)  # name -> Guest
     down: bool = False  # every call on an open connection fails as if libvirtd went away
     close_error: bool = False
+    arch: str = "x86_64"
+    cpu_vendor: str = "Intel"
+    cpu_model: str = "Skylake-Client-IBRS"
+    cpu_features: tuple = ("vmx", "avx2", "aes", "pdpe1gb")
+    guest_arches: list = field(default_factory=lambda: [GuestArchCaps(), GuestArchCaps("i686", 32)])
+    hypervisor_cpu_lacks: tuple = ()  # features the hypervisor CPU does not provide (compareHypervisorCPU)
+    memory_kib: dict = field(default_factory=lambda: {"total": 16 * GIB // 1024, "free": 12 * GIB // 1024,
+                                                      "buffers": 0, "cached": GIB // 1024})
+    networks: dict = field(default_factory=dict)  # libvirt network name -> active
+    interfaces: dict = field(default_factory=dict)  # host interface (bridge, NIC) name -> active
+    interface_driver: bool = True  # the daemon has an interface driver
+    volumes: dict = field(default_factory=dict)  # path -> (pool name, capacity in bytes)
+    pools_free: dict = field(default_factory=dict)  # pool target directory -> free bytes
+    cpu_compare_error: str | None = None  # compareHypervisorCPU fails with this message
 
     def by_uuid(self, value):
         value = value.lower().replace("-", "")
@@ -313,8 +364,82 @@ class FakeConnection:
         return self._host().hostname
 
     def getCapabilities(self):
-        return (f"<capabilities><host><uuid>{self._host().uuid}</uuid><cpu><arch>x86_64</arch></cpu></host>"
-                "</capabilities>")
+        host = self._host()
+        features = "".join(f"<feature name='{name}'/>" for name in host.cpu_features)
+        guests = "".join(
+            f"<guest><os_type>hvm</os_type><arch name='{arch.arch}'><wordsize>{arch.wordsize}</wordsize>"
+            f"<emulator>/usr/bin/qemu-system-{arch.arch}</emulator>"
+            + "".join(f"<machine>{machine}</machine>" for machine in arch.machines)
+            + "".join(f"<domain type='{kind}'/>" for kind in arch.domain_types) + "</arch></guest>"
+            for arch in host.guest_arches)
+        vendor = {"Intel": "Intel", "AMD": "AMD"}.get(host.cpu_vendor, host.cpu_vendor)
+        return (f"<capabilities><host><uuid>{host.uuid}</uuid><cpu><arch>{host.arch}</arch>"
+                f"<model>{host.cpu_model}</model><vendor>{vendor}</vendor>"
+                f"<topology sockets='1' dies='1' cores='2' threads='1'/>{features}</cpu>"
+                "<migration_features><live/><uri_transports><uri_transport>tcp</uri_transport>"
+                "<uri_transport>rdma</uri_transport></uri_transports></migration_features></host>"
+                f"{guests}</capabilities>")
+
+    def getDomainCapabilities(self, emulator, arch, machine, virttype, flags=0):
+        models = "".join(f"<model usable='yes' vendor='{vendor or 'unknown'}'>{model}</model>"
+                         for model, vendor in MODEL_VENDORS.items())
+        return (f"<domainCapabilities><arch>{arch}</arch><domain>{virttype}</domain><cpu>"
+                f"<mode name='custom' supported='yes'>{models}</mode></cpu></domainCapabilities>")
+
+    def compareHypervisorCPU(self, emulator, arch, machine, virttype, xml_cpu, flags=0):
+        host = self._host()
+        if host.cpu_compare_error:
+            raise libvirtError(host.cpu_compare_error, C.VIR_ERR_INTERNAL_ERROR)
+        required = [feature.get("name") for feature in ET.fromstring(xml_cpu).findall("feature")
+                    if feature.get("policy", "require") in ("require", "force")]
+        missing = [name for name in required if name in host.hypervisor_cpu_lacks]
+        if not missing:
+            return C.VIR_CPU_COMPARE_SUPERSET if required else C.VIR_CPU_COMPARE_IDENTICAL
+        if flags & C.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE:
+            raise libvirtError("the CPU is incompatible with host CPU: Host CPU does not provide required features: "
+                               + ", ".join(missing), C.VIR_ERR_CPU_INCOMPATIBLE)
+        return C.VIR_CPU_COMPARE_INCOMPATIBLE
+
+    def getInfo(self):
+        host = self._host()
+        return [host.arch, host.memory_kib["total"] // 1024, 2, 2400, 1, 1, 2, 1]
+
+    def getMemoryStats(self, cell, flags=0):
+        assert cell == C.VIR_NODE_MEMORY_STATS_ALL_CELLS
+        return dict(self._host().memory_kib)
+
+    def listAllDomains(self, flags=0):
+        return [FakeDomain(self, guest) for guest in self._host().guests.values()]
+
+    def networkLookupByName(self, name):
+        networks = self._host().networks
+        if name not in networks:
+            raise libvirtError(f"Network not found: no network with matching name '{name}'", C.VIR_ERR_NO_NETWORK)
+        return FakeActive(name, networks[name], bridge=f"virbr-{name}")
+
+    def interfaceLookupByName(self, name):
+        host = self._host()
+        if not host.interface_driver:
+            raise libvirtError("this function is not supported by the connection driver: virInterfaceLookupByName",
+                               C.VIR_ERR_NO_SUPPORT)
+        if name not in host.interfaces:
+            raise libvirtError(f"Interface not found: couldn't find interface named '{name}'", C.VIR_ERR_NO_INTERFACE)
+        return FakeActive(name, host.interfaces[name])
+
+    def storageVolLookupByPath(self, path):
+        volumes = self._host().volumes
+        if path not in volumes:
+            raise libvirtError(f"Storage volume not found: no storage vol with matching path '{path}'",
+                               C.VIR_ERR_NO_STORAGE_VOL)
+        pool, capacity = volumes[path]
+        return FakeVolume(pool, capacity)
+
+    def storagePoolLookupByTargetPath(self, path):
+        pools = self._host().pools_free
+        if path not in pools:
+            raise libvirtError(f"Storage pool not found: no storage pool with matching target path '{path}'",
+                               C.VIR_ERR_NO_STORAGE_POOL)
+        return FakePool(path, pools[path])
 
     def getLibVersion(self):
         return self._host().lib_version
@@ -370,6 +495,52 @@ class FakeConnection:
         return 0
 
 
+@dataclass
+class FakeActive:
+    """A libvirt network or host interface handle."""
+
+    _name: str
+    active: bool
+    bridge: str | None = None
+
+    def name(self):
+        return self._name
+
+    def isActive(self):
+        return int(self.active)
+
+    def bridgeName(self):
+        return self.bridge
+
+
+@dataclass
+class FakePool:
+    _name: str
+    free: int = 0
+    kind: str = "dir"
+
+    def name(self):
+        return self._name
+
+    def info(self):
+        return [2, 100 * GIB, 100 * GIB - self.free, self.free]  # state, capacity, allocation, available
+
+    def XMLDesc(self, flags=0):
+        return f"<pool type='{self.kind}'><name>{self._name}</name></pool>"
+
+
+@dataclass
+class FakeVolume:
+    pool: str
+    capacity: int
+
+    def info(self):
+        return [0, self.capacity, self.capacity]  # type, capacity, allocation
+
+    def storagePoolLookupByVolume(self):
+        return FakePool(self.pool)
+
+
 class FakeDomain:
     """A handle: it names a guest; every call looks the guest up on its host again, like libvirt."""
 
@@ -399,6 +570,23 @@ class FakeDomain:
 
     def maxMemory(self):
         return self._guest().memory_kib
+
+    def XMLDesc(self, flags=0):
+        return self._guest().xml()
+
+    def jobInfo(self):
+        guest = self._guest()
+        if guest.state not in (C.VIR_DOMAIN_RUNNING, C.VIR_DOMAIN_PAUSED):
+            raise libvirtError("Requested operation is not valid: domain is not running", C.VIR_ERR_OPERATION_INVALID)
+        job_type = C.VIR_DOMAIN_JOB_UNBOUNDED if guest.migration.active else guest.job_type
+        return [job_type, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+
+    def blockInfo(self, target, flags=0):
+        size = self._guest().block_sizes.get(target)
+        if size is None:
+            raise libvirtError(f"invalid argument: invalid path {target} not assigned to domain",
+                               C.VIR_ERR_INTERNAL_ERROR)
+        return [size, size, size]
 
     def migrateSetMaxDowntime(self, downtime, flags=0):
         with self.conn.cloud.lock:

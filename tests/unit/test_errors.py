@@ -49,6 +49,12 @@ def test_error_code_name_with_the_real_binding():
         "VIR_ERR_INTERNAL_ERROR", "VIR_ERR_NO_MEMORY", "VIR_ERR_NO_DOMAIN", "VIR_ERR_OPERATION_ABORTED"]
 
 
+BRIDGE_FIX = ("the destination lacks the bridge or network device the guest's interface uses: create it there "
+              "(kvm.live_migration.preflight names it before anything moves)")
+CPU_FIX = ("the destination's CPU lacks features of the guest's CPU: give the guest a CPU model both hosts provide "
+           "(kvm.live_migration.preflight names the features)")
+
+
 @pytest.mark.parametrize(
     ("message", "code_name", "expected"),
     [
@@ -66,9 +72,12 @@ def test_error_code_name_with_the_real_binding():
          "check the guest's name or UUID with 'virsh list --all' on the hypervisor"),
         ("operation failed: migration out job: unexpectedly failed", "VIR_ERR_OPERATION_FAILED", None),
         (None, None, None),
+        ("Cannot get interface MTU on 'br-prod': No such device", "VIR_ERR_SYSTEM_ERROR", BRIDGE_FIX),
+        ("operation failed: guest CPU doesn't match specification: missing features: aes", "VIR_ERR_OPERATION_FAILED",
+         CPU_FIX),
     ],
     ids=["same-host-uuid", "unresolvable-host", "postcopy-userfaultfd", "ssh-host-key", "ssh-publickey",
-         "no-route", "code-fix-when-no-pattern", "no-fix", "no-message"],
+         "no-route", "code-fix-when-no-pattern", "no-fix", "no-message", "missing-bridge", "cpu-missing-features"],
 )
 def test_fix_for(message, code_name, expected):
     assert fix_for(message, code_name) == expected

@@ -142,7 +142,8 @@ def test_completed_result(cloud, hv1, clock):
              "data_sent_bytes": 850 * MIB,
              "error": {"message": f"the migration failed: {CPU_ERROR[0]}", "code": 91,
                        "code_name": "VIR_ERR_CPU_INCOMPATIBLE",
-                       "fix": "the destination CPU lacks features of the guest CPU; use a portable CPU model"}},
+                       "fix": "the destination's CPU lacks features of the guest's CPU: give the guest a CPU model "
+                              "both hosts provide (kvm.live_migration.preflight names the features)"}},
             {"hv1": "running", "hv2": None}, 0, id="libvirt-failure"),
         pytest.param(
             {"samples": PASSES[:2], "failure": TypeError("bad params")}, {},

@@ -1,0 +1,260 @@
+# Copyright: kvm.live_migration maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Facts about one hypervisor for host_info: the host, its virtualization, its guests.
+
+Shaped for ``json_query`` and ``selectattr``: lists of dicts, numbers as integers, and the same
+keys in every entry of a list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from ansible_collections.kvm.live_migration.plugins.module_utils.connection import dotted_version
+from ansible_collections.kvm.live_migration.plugins.module_utils.errors import libvirt_errors
+from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import (
+    filesystem_of,
+    probe_kvm,
+    read_kernel_view,
+    read_migration_config,
+    virtualization_status,
+)
+from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml import (
+    SHARED_FILESYSTEMS,
+    SHARED_POOL_TYPES,
+    parse_capabilities,
+    parse_guest,
+)
+
+KIB = 1024
+MIB = 1024 * KIB
+
+# (feature, binding names it needs, lowest libvirt, lowest QEMU, first QEMU without it), versions as libvirt
+# encodes them. The binding names tell what the Python binding and client library know; the versions
+# what the daemon and QEMU of this host implement.
+MIGRATION_FEATURES = (
+    ("auto_converge", ("VIR_MIGRATE_AUTO_CONVERGE", "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL"), 2_000_000,
+     2_000_000, None),
+    ("post_copy", ("VIR_MIGRATE_POSTCOPY", "migrateStartPostCopy"), 1_003_003, 2_005_000, None),
+    ("parallel", ("VIR_MIGRATE_PARALLEL", "VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS"), 5_002_000, 4_000_000, None),
+    ("compression.xbzrle", ("VIR_MIGRATE_COMPRESSED",), 1_000_003, 1_002_000, None),
+    ("compression.mt", ("VIR_MIGRATE_PARAM_COMPRESSION",), 1_003_004, 2_004_000, 9_001_000),
+    ("compression.zlib", ("VIR_MIGRATE_PARAM_COMPRESSION", "VIR_MIGRATE_PARALLEL"), 9_004_000, 5_000_000, None),
+    ("compression.zstd", ("VIR_MIGRATE_PARAM_COMPRESSION", "VIR_MIGRATE_PARALLEL"), 9_004_000, 5_000_000, None),
+    ("zero_copy", ("VIR_MIGRATE_ZEROCOPY",), 8_005_000, 7_001_000, None),
+    ("dirty_rate", ("VIR_DOMAIN_STATS_DIRTYRATE", "startDirtyRateCalc"), 7_002_000, 5_002_000, None),
+)
+
+
+def binding_names(lv):
+    """The constants and domain methods the libvirt binding offers."""
+    names = set(dir(lv))
+    domain_class = getattr(lv, "virDomain", None)
+    if domain_class is not None:
+        names |= {name for name in dir(domain_class) if not name.startswith("_")}
+    return names
+
+
+def migration_features(names, versions, post_copy=None):
+    """[{name, supported, reason}] for this host; ``post_copy`` is post_copy_status() when read locally."""
+    features = []
+    for feature, needs, lowest_libvirt, lowest_qemu, removed_in in MIGRATION_FEATURES:
+        missing = [name for name in needs if name not in names]
+        if missing:
+            supported, reason = False, f"the libvirt Python binding lacks {', '.join(missing)}"
+        elif versions["libvirt"] < lowest_libvirt:
+            supported, reason = False, f"needs libvirt {dotted_version(lowest_libvirt)} or later"
+        elif versions["hypervisor"] < lowest_qemu:
+            supported, reason = False, f"needs QEMU {dotted_version(lowest_qemu)} or later"
+        elif removed_in is not None and versions["hypervisor"] >= removed_in:
+            supported, reason = False, f"removed in QEMU {dotted_version(removed_in)}"
+        else:
+            supported, reason = True, f"libvirt {dotted_version(versions['libvirt'])} and QEMU " \
+                                      f"{dotted_version(versions['hypervisor'])} support it"
+        if feature == "post_copy" and supported and post_copy and post_copy["possible"] is False:
+            supported, reason = False, post_copy["reason"]
+        features.append({"name": feature, "supported": supported, "reason": reason})
+    return features
+
+
+def remote_view_reason(uri):
+    return (f"not read: {uri} is a remote connection and these facts come from the kernel of the host running the "
+            "module; run host_info on that hypervisor with its local URI")
+
+
+class HostInfo:
+    """Gathers host_info's facts through one open Hypervisor."""
+
+    def __init__(self, hypervisor, local, probe=True, root="/"):
+        """``local``: the hypervisor is the host running the module, so its kernel and files can be read."""
+        self.hypervisor = hypervisor
+        self.conn = hypervisor.conn
+        self.lv = hypervisor.lv
+        self.local = local
+        self.probe = probe
+        self.root = Path(root)
+        self._mounts = None
+
+    def gather(self, domain_names=None):
+        with libvirt_errors(self.lv, f"reading the capabilities of {self.hypervisor.uri}"):
+            capabilities = parse_capabilities(self.conn.getCapabilities())
+        versions = self.hypervisor.version_numbers()
+        config = read_migration_config(self.root) if self.local else None
+        host = self._host(capabilities, versions, config)
+        return {
+            "host": host,
+            "virtualization": self._virtualization(capabilities),
+            "migration_features": migration_features(binding_names(self.lv), versions,
+                                                     None if config is None else config["post_copy"]),
+            "domains": self._domains(domain_names),
+        }
+
+    def _host(self, capabilities, versions, config):
+        with libvirt_errors(self.lv, f"reading the node information of {self.hypervisor.uri}"):
+            info = self.conn.getInfo()
+            memory = self.conn.getMemoryStats(self.lv.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+        host_arch = capabilities.guest_arch(capabilities.arch)
+        host = {
+            "hostname": self.hypervisor.hostname(),
+            "uuid": capabilities.uuid,
+            "arch": capabilities.arch,
+            "cpu": capabilities.cpu_dict(),
+            "cpus": int(info[2]),
+            "libvirt_version": dotted_version(versions["libvirt"]),
+            "qemu_version": dotted_version(versions["hypervisor"]),
+            "memory": memory_facts(memory),
+            "domain_types": [] if host_arch is None else list(host_arch.domain_types),
+            "guest_arches": sorted({guest.arch for guest in capabilities.guests}),
+            "migration_transports": list(capabilities.migration_transports),
+            "local": self.local,
+        }
+        if config is None:
+            reason = remote_view_reason(self.hypervisor.uri)
+            config = {"migration_ports": None, "post_copy": {"possible": None, "reason": reason},
+                      "tls": {"configured": None, "cert_dir": None, "can_send": None, "can_receive": None,
+                              "missing": [], "reason": reason}}
+        host.update(config)
+        return host
+
+    def _virtualization(self, capabilities):
+        host_arch = capabilities.guest_arch(capabilities.arch)
+        libvirt_types = [] if host_arch is None else list(host_arch.domain_types)
+        if not self.local:
+            reason = remote_view_reason(self.hypervisor.uri)
+            return {"vendor": capabilities.cpu_vendor, "hw_flag": None, "hw_name": None, "kvm_usable": None,
+                    "accelerator": None, "reason": reason, "kvm_modules": [], "dev_kvm": None, "nested": None,
+                    "firmware_disabled": None, "probe": None, "under_hypervisor": None,
+                    "libvirt_domain_types": libvirt_types}
+        view = read_kernel_view(self.root, probe=probe_kvm() if self.probe else None)
+        status = virtualization_status(view)
+        status["libvirt_domain_types"] = libvirt_types
+        if status["kvm_usable"] and "kvm" not in libvirt_types:
+            status.update(kvm_usable=False, accelerator="tcg",
+                          reason="the kernel offers KVM but libvirt does not: restart libvirtd so it probes QEMU "
+                                 "again, and check that QEMU's user may open /dev/kvm")
+        return status
+
+    def _domains(self, names):
+        with libvirt_errors(self.lv, f"listing the guests of {self.hypervisor.uri}"):
+            domains = self.conn.listAllDomains(0)
+        wanted = None if names is None else set(names)
+        facts = []
+        for domain in domains:
+            if wanted is not None and domain.name() not in wanted and domain.UUIDString() not in wanted:
+                continue
+            described = self.domain_facts(domain)
+            if described is not None:
+                facts.append(described)
+        return sorted(facts, key=lambda entry: entry["name"])
+
+    def domain_facts(self, domain):
+        """One guest's facts, or None when it vanished while being read."""
+        state = self.hypervisor.describe(domain)
+        if state is None:
+            return None
+        with libvirt_errors(self.lv, f"reading the definition of {state.name!r} on {self.hypervisor.uri}"):
+            guest = parse_guest(domain.XMLDesc(0))
+        return {
+            **state.as_dict(),
+            "memory_bytes": guest.memory_bytes,
+            "vcpus": guest.vcpus,
+            "domain_type": guest.domain_type,
+            "arch": guest.arch,
+            "machine": guest.machine,
+            "cpu": guest.cpu.as_dict(),
+            "disks": [self._disk_facts(disk) for disk in guest.disks],
+            "boot_files": list(guest.boot_files),
+            "interfaces": [self._interface_facts(interface) for interface in guest.interfaces],
+            "blockers": [blocker.as_dict() for blocker in guest.blockers],
+            "migratable": not guest.blockers,
+        }
+
+    def _disk_facts(self, disk):
+        facts = disk.as_dict()
+        pool = self._pool_of(disk.path) if disk.path else None
+        filesystem = self._filesystem(disk.path) if disk.path and disk.kind == "file" else None
+        shared, why = storage_sharing(disk, pool, filesystem)
+        facts.update(pool=None if pool is None else pool[0], pool_type=None if pool is None else pool[1],
+                     filesystem=filesystem, shared=shared, shared_reason=why)
+        return facts
+
+    def _interface_facts(self, interface):
+        facts = interface.as_dict()
+        if interface.kind == "network" and interface.network and facts["bridge"] is None:
+            with contextlib.suppress(self.lv.libvirtError):
+                facts["bridge"] = self.conn.networkLookupByName(interface.network).bridgeName()
+        return facts
+
+    def _pool_of(self, path):
+        """(pool name, pool type) of the storage pool holding ``path`` on this host, or None."""
+        try:
+            pool = self.conn.storageVolLookupByPath(path).storagePoolLookupByVolume()
+            return pool.name(), pool_type(pool.XMLDesc(0))
+        except self.lv.libvirtError:
+            return None
+
+    def _filesystem(self, path):
+        if not self.local:
+            return None
+        if self._mounts is None:
+            try:
+                self._mounts = (self.root / "proc/mounts").read_text()
+            except OSError:
+                self._mounts = ""
+        return filesystem_of(path, self._mounts)[1]
+
+
+def pool_type(pool_xml):
+    return ET.fromstring(pool_xml).get("type")
+
+
+def storage_sharing(disk, pool, filesystem):
+    """(shared, why): True when other hosts see this disk too, False when they do not, None when unknown."""
+    if disk.kind == "network":
+        return True, f"network disk ({disk.source})"
+    if disk.path is None:
+        return None, "no medium"
+    return _path_sharing(pool, filesystem)
+
+
+def _path_sharing(pool, filesystem):
+    if pool is not None and pool[1] in SHARED_POOL_TYPES:
+        return True, f"in {pool[1]} storage pool {pool[0]}"
+    if filesystem in SHARED_FILESYSTEMS:
+        return True, f"on a {filesystem} file system"
+    if filesystem is not None:
+        return False, f"on a local {filesystem} file system"
+    if pool is not None:
+        return None, f"in {pool[1]} storage pool {pool[0]}; whether other hosts see it is not known"
+    return None, "not in a storage pool and the file system could not be read"
+
+
+def memory_facts(stats):
+    """Bytes from getMemoryStats (KiB): available counts page cache and buffers the kernel can reclaim."""
+    total = stats.get("total", 0) * KIB
+    free = stats.get("free", 0) * KIB
+    reclaimable = (stats.get("buffers", 0) + stats.get("cached", 0)) * KIB
+    return {"total_bytes": total, "free_bytes": free, "available_bytes": min(total, free + reclaimable)}

@@ -1,0 +1,137 @@
+"""What the kernel says about virtualization, post-copy and TLS, and the decisions made from it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import (
+    KernelView,
+    filesystem_of,
+    parse_cpuinfo,
+    parse_qemu_conf,
+    post_copy_status,
+    probe_kvm,
+    read_kernel_view,
+    read_migration_config,
+    tls_status,
+    virtualization_status,
+)
+
+INTEL = "GenuineIntel"
+AMD = "AuthenticAMD"
+
+
+def view(vendor=INTEL, flags=(), modules=("kvm",), dev_kvm="ok", nested=None, log=(), probe=None, arch="x86_64"):
+    return KernelView(arch=arch, cpu_vendor_id=vendor, cpu_model_name="cpu", flags=frozenset(flags),
+                      modules=frozenset(modules), nested=nested, dev_kvm=dev_kvm, kernel_log=tuple(log), probe=probe)
+
+
+@pytest.mark.parametrize(("kernel", "usable", "vendor", "hw_flag", "reason_has"), [
+    pytest.param(view(INTEL, ["vmx"], ["kvm", "kvm_intel"], nested=True), True, "Intel", "vmx",
+                 "Intel VT-x is on, kvm_intel is loaded", id="intel-vt-x"),
+    pytest.param(view(AMD, ["svm"], ["kvm", "kvm_amd"]), True, "AMD", "svm", "AMD-V is on, kvm_amd", id="amd-v"),
+    pytest.param(view(AMD, ["hypervisor"], ["kvm", "kvm_pvm"]), False, "AMD", None,
+                 "served by kvm_pvm", id="lab: a VM without nested VT, /dev/kvm from kvm_pvm"),
+    pytest.param(view(AMD, ["hypervisor"], ["kvm", "kvm_pvm"]), False, "AMD", None,
+                 "enable nested virtualization on its hypervisor", id="a VM: enable nested"),
+    pytest.param(view(INTEL, [], [], dev_kvm="missing", log=["kvm: disabled by bios"]), False, "Intel", None,
+                 "enable virtualization (VT-x/AMD-V/SVM) in the firmware", id="disabled in firmware, flag hidden"),
+    pytest.param(view(INTEL, ["vmx"], ["kvm"], dev_kvm="missing", log=["kvm_intel: VMX not enabled (by BIOS)"]),
+                 False, "Intel", "vmx", "enable Intel VT-x in the firmware setup", id="disabled in firmware"),
+    pytest.param(view(AMD, ["svm"], ["kvm"]), False, "AMD", "svm", "modprobe kvm_amd", id="module not loaded"),
+    pytest.param(view(INTEL, ["vmx"], ["kvm", "kvm_intel"], dev_kvm="no_access"), False, "Intel", "vmx",
+                 "add the user to group kvm", id="no access to /dev/kvm"),
+    pytest.param(view(INTEL, ["vmx"], ["kvm", "kvm_intel"], dev_kvm="missing"), False, "Intel", "vmx",
+                 "/dev/kvm does not exist", id="no /dev/kvm"),
+    pytest.param(view(INTEL, ["vmx"], ["kvm", "kvm_intel"], probe={"ran": False, "error": "KVM_RUN did not return"}),
+                 False, "Intel", "vmx", "did not run on /dev/kvm: KVM_RUN did not return", id="broken nested: probe"),
+    pytest.param(view(None, [], ["kvm"], arch="aarch64"), True, None, None, "", id="arm64 with /dev/kvm"),
+])
+def test_virtualization_status(kernel, usable, vendor, hw_flag, reason_has):
+    status = virtualization_status(kernel)
+    assert (status["kvm_usable"], status["vendor"], status["hw_flag"]) == (usable, vendor, hw_flag)
+    assert status["accelerator"] == ("kvm" if usable else "tcg")
+    assert reason_has in status["reason"]
+
+
+def test_unusable_kvm_says_guests_run_emulated():
+    status = virtualization_status(view(AMD, ["hypervisor"], ["kvm", "kvm_pvm"]))
+    assert "guests run emulated (TCG)" in status["reason"]
+    assert status["under_hypervisor"] is True
+    assert status["kvm_modules"] == ["kvm", "kvm_pvm"]
+
+
+def test_cpuinfo_first_processor():
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu svm lm\n\n"
+            "processor\t: 1\nvendor_id\t: Other\nflags\t\t: none\n")
+    assert parse_cpuinfo(text) == ("AuthenticAMD", "AMD EPYC 7B13", frozenset({"fpu", "svm", "lm"}))
+
+
+def test_kernel_view_is_read_from_a_root(tmp_path):
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cpuinfo").write_text("vendor_id\t: GenuineIntel\nmodel name\t: Xeon\nflags\t: vmx lm\n")
+    (tmp_path / "sys/module/kvm_intel/parameters").mkdir(parents=True)
+    (tmp_path / "sys/module/kvm_intel/parameters/nested").write_text("Y\n")
+    (tmp_path / "sys/module/kvm").mkdir()
+    kernel = read_kernel_view(tmp_path, kernel_log=["[1.0] kvm: something", "[2.0] usb 1-1: new device"])
+    assert (kernel.cpu_vendor_id, kernel.flags, kernel.modules, kernel.nested, kernel.dev_kvm) == (
+        "GenuineIntel", frozenset({"vmx", "lm"}), frozenset({"kvm", "kvm_intel"}), True, "missing")
+    assert kernel.kernel_log == ("[1.0] kvm: something",)
+
+
+@pytest.mark.parametrize(("user", "sysctl", "possible", "reason_has"), [
+    ("libvirt-qemu", True, True, "vm.unprivileged_userfaultfd=1"),
+    ("libvirt-qemu", False, False, "set vm.unprivileged_userfaultfd=1"),
+    ("root", False, True, "as root"),
+    ("qemu", None, None, "could not be read"),
+])
+def test_post_copy_needs_userfaultfd_for_qemus_user(user, sysctl, possible, reason_has):
+    status = post_copy_status(user, sysctl)
+    assert status["possible"] is possible
+    assert reason_has in status["reason"]
+
+
+def test_tls_files_for_sending_and_receiving():
+    status = tls_status("/etc/pki/qemu", {"ca-cert.pem", "client-cert.pem", "client-key.pem"})
+    assert (status["configured"], status["can_send"], status["can_receive"]) == (False, True, False)
+    assert status["missing"] == ["server-cert.pem", "server-key.pem"]
+    everything = {"ca-cert.pem", "client-cert.pem", "client-key.pem", "server-cert.pem", "server-key.pem"}
+    assert tls_status("/etc/pki/qemu", everything)["configured"] is True
+
+
+def test_qemu_conf_settings():
+    text = ('# migration_port_min = 1\nmigration_port_min = 50000\nuser = "qemu"  # comment\n'
+            'migrate_tls_x509_cert_dir = "/srv/pki"\ncgroup_controllers = [ ]\n')
+    assert parse_qemu_conf(text) == {"migration_port_min": 50000, "user": "qemu",
+                                     "migrate_tls_x509_cert_dir": "/srv/pki"}
+
+
+def test_migration_config_is_read_from_a_root(tmp_path):
+    (tmp_path / "etc/libvirt").mkdir(parents=True)
+    (tmp_path / "etc/libvirt/qemu.conf").write_text('migration_port_max = 49300\nuser = "libvirt-qemu"\n')
+    (tmp_path / "proc/sys/vm").mkdir(parents=True)
+    (tmp_path / "proc/sys/vm/unprivileged_userfaultfd").write_text("0\n")
+    (tmp_path / "etc/pki/qemu").mkdir(parents=True)
+    (tmp_path / "etc/pki/qemu/ca-cert.pem").write_text("x")
+    config = read_migration_config(tmp_path)
+    assert config["migration_ports"] == {"min": 49152, "max": 49300}
+    assert config["post_copy"]["possible"] is False
+    assert config["tls"]["cert_dir"] == "/etc/pki/qemu"
+    assert config["tls"]["can_send"] is False
+
+
+def test_filesystem_of_a_path_is_its_longest_mount():
+    mounts = ("/dev/sda1 / ext4 rw 0 0\nnas:/export /var/lib/libvirt/images nfs4 rw 0 0\n"
+              "/dev/sdb1 /var/lib/libvirt/images/local xfs rw 0 0\n")
+    assert filesystem_of("/var/lib/libvirt/images/db01.qcow2", mounts)[1] == "nfs4"
+    assert filesystem_of("/var/lib/libvirt/images/local/x.img", mounts)[1] == "xfs"
+    assert filesystem_of("/var/lib/libvirt/imagesX/x.img", mounts)[1] == "ext4"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="this machine has no /dev/kvm to probe")
+def test_the_kvm_probe_returns_within_its_timeout():
+    outcome = probe_kvm(timeout_s=5)
+    assert set(outcome) == {"ran", "exit_reason", "error"}
+    assert outcome["ran"] is (outcome["error"] is None)

@@ -40,7 +40,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml impo
     parse_capabilities,
     parse_guest,
 )
-from ansible_collections.kvm.live_migration.plugins.module_utils.migration import measure_dirty_rate
+from ansible_collections.kvm.live_migration.plugins.module_utils.migration import TRANSPORTS, measure_dirty_rate
 from ansible_collections.kvm.live_migration.plugins.module_utils.policy import detect_features, predict
 
 MIB = 1024 * 1024
@@ -114,8 +114,12 @@ def check_host_identity(source, destination, migrate_uri=None):
                                f"{destination.hostname} {where}")
 
 
-def check_transport(transport, dest_uri, connect_error=None, tls=None, module_on_source=True):
+def check_transport(transport, dest_uri, connect_error=None, tls=None, module_on_source=True, allow_insecure=True):
     """The destination's libvirt answers over dest_uri; for tls, the source holds QEMU's client certificates."""
+    if transport == "tcp" and not allow_insecure:
+        return fail("transport", "transport=tcp sends the guest's memory across the network unencrypted, and migrate "
+                                 "refuses it without allow_insecure",
+                    "use transport: tls or ssh, or set allow_insecure: true on a trusted, isolated migration network")
     if connect_error is not None:
         return fail("transport", f"connecting to {dest_uri} failed: {connect_error.message}",
                     connect_error.fix or "check that libvirtd runs on the destination and the URI is right")
@@ -518,6 +522,27 @@ class PreflightRequest:
     policy: object = None  # policy.Policy, for the convergence prediction
 
 
+def validate_preflight_request(request):
+    """Raise MigrationError naming the bad value and the fix; return the request unchanged."""
+    if request.transport not in TRANSPORTS:
+        raise MigrationError(f"transport={request.transport!r} is not one of {', '.join(TRANSPORTS)}",
+                             fix="use transport: tls, ssh or tcp, as the migration will")
+    if request.memory_margin_mib < 0:
+        raise MigrationError(f"memory_margin_mib={request.memory_margin_mib} is negative",
+                             fix="give the MiB the destination must keep beyond the guest's memory, e.g. 512")
+    if request.bandwidth_mib < 0:
+        raise MigrationError(f"bandwidth={request.bandwidth_mib} must be 0 (no cap) or a positive MiB/s",
+                             fix="set bandwidth to the MiB/s the migration may use, or 0")
+    policy = request.policy
+    if policy is not None and not 0 < policy.threshold <= 1:
+        raise MigrationError(f"convergence_threshold={policy.threshold} is outside 0-1",
+                             fix="give the dirty/transfer ratio above which a pass does not converge, e.g. 0.8")
+    if policy is not None and policy.max_downtime_ms <= 0:
+        raise MigrationError(f"max_downtime_ms={policy.max_downtime_ms} must be positive",
+                             fix="give the longest pause the guest may see, in milliseconds (e.g. 500)")
+    return request
+
+
 @dataclass
 class PreflightResult:
     name: str
@@ -576,7 +601,7 @@ class Preflight:
         self.root = around.root
 
     def run(self):
-        request = self.request
+        request = validate_preflight_request(self.request)
         result = PreflightResult(name=request.name, source=self.source.hostname(), destination=None)
         domain = self.source.find_domain(request.name)
         state = None if domain is None else self.source.describe(domain)
@@ -617,7 +642,7 @@ class Preflight:
             check_host_identity(HostIdentity(source_name, source_caps.uuid),
                                 HostIdentity(dest_name, dest_caps.uuid, self.resolve(dest_name)), request.migrate_uri),
             check_transport(request.transport, request.dest_uri, tls=self._tls(),
-                            module_on_source=self.module_on_source),
+                            module_on_source=self.module_on_source, allow_insecure=request.allow_insecure),
             check_ports(request.transport, self._probe_migration_port(dest_name)),
             check_versions(source_versions, dest_versions, source_name, dest_name),
             check_architecture(guest, source_caps, dest_caps, dest_name),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import jmespath
 import pytest
 from conftest import DEST_URI, SOURCE_URI
 from fake_libvirt import GIB, GuestArchCaps
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor
+from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
 from ansible_collections.kvm.live_migration.plugins.module_utils.hostinfo import HostInfo, migration_features
 from ansible_collections.kvm.live_migration.plugins.module_utils.policy import Policy
 from ansible_collections.kvm.live_migration.plugins.module_utils.preflight import (
@@ -16,6 +19,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.preflight impor
     Preflight,
     PreflightRequest,
     Surroundings,
+    validate_preflight_request,
 )
 from ansible_collections.kvm.live_migration.plugins.modules import host_info as host_info_module
 from ansible_collections.kvm.live_migration.plugins.modules import preflight as preflight_module
@@ -28,7 +32,8 @@ DISK = ("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><sour
 
 def run_preflight(lv, clock, probe="refused", root="/nonexistent", **options):
     request = PreflightRequest(name="db01", dest_uri=options.pop("dest_uri", DEST_URI),
-                               transport=options.pop("transport", "ssh"), policy=Policy(), **options)
+                               transport=options.pop("transport", "ssh"), policy=options.pop("policy", Policy()),
+                               **options)
     with Hypervisor(SOURCE_URI, libvirt_module=lv) as source:
         surroundings = Surroundings(resolve=lambda name: ("10.0.0.12",),
                                     probe_port=lambda host, port: PortProbe(host, port, probe), clock=clock,
@@ -226,6 +231,34 @@ def test_convergence_is_predicted_from_a_measured_dirty_rate(lv, clock, db01):
     assert convergence["status"] == "ok"
     assert "dirty rate 8 MiB/s against 64 MiB/s (ratio 0.12)" in convergence["message"]
     assert db01.migration.dirty_rate_calcs == [(1, 0)]
+
+
+def test_cleartext_transport_without_allow_insecure_fails_the_transport_check(lv, clock, db01):
+    result = run_preflight(lv, clock, transport="tcp")
+    assert "transport=tcp sends the guest's memory across the network unencrypted" in \
+        failed(result)["transport"]["message"]
+    assert "allow_insecure: true" in failed(result)["transport"]["fix"]
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"memory_margin_mib": -1}, "memory_margin_mib=-1 is negative"),
+    ({"bandwidth_mib": -5}, "bandwidth=-5 must be 0"),
+    ({"transport": "rdma"}, "transport='rdma' is not one of tls, ssh, tcp"),
+])
+def test_bad_options_are_refused_with_the_value_and_the_fix(lv, clock, db01, options, words):
+    with pytest.raises(MigrationError, match=re.escape(words)) as caught:
+        run_preflight(lv, clock, **options)
+    assert caught.value.fix
+
+
+@pytest.mark.parametrize(("policy", "words"), [
+    (Policy(threshold=1.5), "convergence_threshold=1.5 is outside 0-1"),
+    (Policy(max_downtime_ms=0), "max_downtime_ms=0 must be positive"),
+])
+def test_bad_policy_values_are_refused(policy, words):
+    request = PreflightRequest(name="db01", dest_uri=DEST_URI, policy=policy)
+    with pytest.raises(MigrationError, match=re.escape(words)):
+        validate_preflight_request(request)
 
 
 # -- the modules -----------------------------------------------------------------------------------

@@ -186,9 +186,9 @@ _KVM_EXIT_HLT = 5
 _HLT = b"\xf4"
 
 
-def _run_hlt_guest():
+def _run_hlt_guest(device):
     """Run a real-mode guest whose only instruction is HLT; return the vCPU's exit reason."""
-    kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    kvm = os.open(device, os.O_RDWR | os.O_CLOEXEC)
     if fcntl.ioctl(kvm, _KVM_GET_API_VERSION) != _KVM_API_VERSION:
         raise OSError("unexpected KVM API version")
     vm = fcntl.ioctl(kvm, _KVM_CREATE_VM, 0)
@@ -209,20 +209,20 @@ def _run_hlt_guest():
     return struct.unpack_from("I", run, 8)[0]
 
 
-def probe_kvm(timeout_s=KVM_PROBE_TIMEOUT_S):
+def probe_kvm(timeout_s=KVM_PROBE_TIMEOUT_S, device="/dev/kvm"):
     """Run one HLT instruction in a KVM guest, in a child process that may not hang the module.
 
     Returns {"ran": bool, "exit_reason": int|None, "error": str|None}. Broken nested setups pass
     every static check and then hang or fail in KVM_RUN; this finds them in milliseconds.
     """
-    if not Path("/dev/kvm").exists():
-        return {"ran": False, "exit_reason": None, "error": "/dev/kvm does not exist"}
+    if not Path(device).exists():
+        return {"ran": False, "exit_reason": None, "error": f"{device} does not exist"}
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report and leave without running the parent's cleanup
         os.close(reader)
         try:
-            message = f"exit {_run_hlt_guest()}"
+            message = f"exit {_run_hlt_guest(device)}"
         except OSError as error:
             message = f"error {error}"
         os.write(writer, message.encode())

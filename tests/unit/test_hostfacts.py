@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 
 import pytest
 
+from ansible_collections.kvm.live_migration.plugins.module_utils import hostfacts
 from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import (
     KernelView,
     filesystem_of,
@@ -130,8 +133,35 @@ def test_filesystem_of_a_path_is_its_longest_mount():
     assert filesystem_of("/var/lib/libvirt/imagesX/x.img", mounts)[1] == "ext4"
 
 
+def hang(_device):
+    time.sleep(30)
+
+
+def refuse(_device):
+    raise OSError(errno.EACCES, "Permission denied")
+
+
+@pytest.mark.parametrize(("guest", "ran", "exit_reason", "error"), [
+    pytest.param(lambda _device: 5, True, 5, None, id="HLT"),
+    pytest.param(lambda _device: 17, False, 17, "the guest exited with reason 17, not HLT", id="another exit"),
+    pytest.param(refuse, False, None, "[Errno 13] Permission denied", id="ioctl refused"),
+    pytest.param(hang, False, None, "KVM_RUN did not return within 0.3 s", id="hangs (broken nested)"),
+])
+def test_the_kvm_probe_reports_from_a_child_it_can_abandon(monkeypatch, tmp_path, guest, ran, exit_reason, error):
+    device = tmp_path / "kvm"
+    device.touch()
+    monkeypatch.setattr(hostfacts, "_run_hlt_guest", guest)  # the forked child runs it
+    started = time.monotonic()
+    assert probe_kvm(timeout_s=0.3, device=str(device)) == {"ran": ran, "exit_reason": exit_reason, "error": error}
+    assert time.monotonic() - started < 5
+
+
+def test_the_kvm_probe_without_a_device():
+    assert probe_kvm(device="/nonexistent/kvm")["error"] == "/nonexistent/kvm does not exist"
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="this machine has no /dev/kvm to probe")
-def test_the_kvm_probe_returns_within_its_timeout():
+def test_the_kvm_probe_runs_on_this_machines_kvm():
     outcome = probe_kvm(timeout_s=5)
     assert set(outcome) == {"ran", "exit_reason", "error"}
     assert outcome["ran"] is (outcome["error"] is None)

@@ -201,6 +201,15 @@ class Hypervisor:
         return f"unknown({state})"
 
 
+def binding_names(lv):
+    """The constants, functions and domain methods the libvirt binding offers (what feature detection reads)."""
+    names = set(dir(lv))
+    domain_class = getattr(lv, "virDomain", None)
+    if domain_class is not None:
+        names |= {name for name in dir(domain_class) if not name.startswith("_")}
+    return names
+
+
 def client_versions(libvirt_module=None):
     """Versions of the libvirt binding and client library on this host, for failure reports."""
     lv = libvirt_module or libvirt

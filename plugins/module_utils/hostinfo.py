@@ -13,7 +13,7 @@ import contextlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ansible_collections.kvm.live_migration.plugins.module_utils.connection import dotted_version
+from ansible_collections.kvm.live_migration.plugins.module_utils.connection import binding_names, dotted_version
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import libvirt_errors
 from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import (
     filesystem_of,
@@ -47,15 +47,6 @@ MIGRATION_FEATURES = (
     ("zero_copy", ("VIR_MIGRATE_ZEROCOPY",), 8_005_000, 7_001_000, None),
     ("dirty_rate", ("VIR_DOMAIN_STATS_DIRTYRATE", "startDirtyRateCalc"), 7_002_000, 5_002_000, None),
 )
-
-
-def binding_names(lv):
-    """The constants and domain methods the libvirt binding offers."""
-    names = set(dir(lv))
-    domain_class = getattr(lv, "virDomain", None)
-    if domain_class is not None:
-        names |= {name for name in dir(domain_class) if not name.startswith("_")}
-    return names
 
 
 def migration_features(names, versions, post_copy=None):

@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ansible_collections.kvm.live_migration.plugins.module_utils.connection import binding_names
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import (
     MigrationError,
     from_libvirt_error,
@@ -317,10 +318,8 @@ class MigrationRunner:
                 f"{self.destination.hostname()}; check the name or UUID with 'virsh list --all'")
 
     def _features(self):
-        binding_names = set(dir(self.lv)) | {name for name in ("migrateStartPostCopy", "startDirtyRateCalc")
-                                             if hasattr(self.lv, "virDomain") and hasattr(self.lv.virDomain, name)}
-        return detect_features(binding_names, self.source.version_numbers(), self.destination.version_numbers(),
-                               self.request.transport)
+        return detect_features(binding_names(self.lv), self.source.version_numbers(),
+                               self.destination.version_numbers(), self.request.transport)
 
     def _predict(self, watched, features, memory_bytes):
         """The prediction from a measured dirty rate (when asked and possible) and the starting strategy."""

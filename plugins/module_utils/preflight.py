@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import (
     Hypervisor,
+    binding_names,
     dotted_version,
     is_local_uri,
 )
@@ -32,7 +33,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts impor
     filesystem_of,
     read_migration_config,
 )
-from ansible_collections.kvm.live_migration.plugins.module_utils.hostinfo import binding_names, memory_facts
+from ansible_collections.kvm.live_migration.plugins.module_utils.hostinfo import memory_facts
 from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml import (
     SHARED_FILESYSTEMS,
     VENDOR_NEUTRAL_MODELS,

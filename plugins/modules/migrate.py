@@ -340,20 +340,19 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.connection impo
 from ansible_collections.kvm.live_migration.plugins.module_utils.migration import (
     COMPRESSION_METHODS,
     COPY_STORAGE,
-    TRANSPORTS,
     MigrationRequest,
     MigrationRunner,
     validate_request,
 )
-from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import run_engine
+from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import (
+    PAIR_ARGUMENT_SPEC,
+    PAIR_CONSTRAINTS,
+    destination_uri,
+    run_engine,
+)
 
 ARGUMENT_SPEC = {
-    "name": {"type": "str", "required": True},
-    "source_uri": {"type": "str", "default": "qemu:///system"},
-    "dest_uri": {"type": "str"},
-    "dest_host": {"type": "str"},
-    "transport": {"type": "str", "choices": list(TRANSPORTS), "default": "tls"},
-    "allow_insecure": {"type": "bool", "default": False},
+    **PAIR_ARGUMENT_SPEC,
     "bandwidth": {"type": "int", "default": 0},
     "max_downtime_ms": {"type": "int", "default": 500},
     "persistent": {"type": "bool", "default": True},
@@ -376,10 +375,9 @@ ARGUMENT_SPEC = {
 
 
 def build_request(params):
-    dest_uri = params["dest_uri"] or f"qemu+ssh://{params['dest_host']}/system"
     return MigrationRequest(
         name=params["name"],
-        dest_uri=dest_uri,
+        dest_uri=destination_uri(params),
         transport=params["transport"],
         allow_insecure=params["allow_insecure"],
         bandwidth_mib=params["bandwidth"],
@@ -411,12 +409,7 @@ def run_migration(params, check_mode):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
-        required_one_of=[("dest_uri", "dest_host")],
-        mutually_exclusive=[("dest_uri", "dest_host")],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, **PAIR_CONSTRAINTS)
     result = run_engine(module, lambda: run_migration(module.params, module.check_mode), LIBVIRT_IMPORT_ERROR)
     migration = result.as_dict()
     if result.status in ("completed", "already_migrated", "would_migrate"):

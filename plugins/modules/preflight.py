@@ -193,18 +193,18 @@ name:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import LIBVIRT_IMPORT_ERROR, Hypervisor
-from ansible_collections.kvm.live_migration.plugins.module_utils.migration import COPY_STORAGE, TRANSPORTS
-from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import run_engine
+from ansible_collections.kvm.live_migration.plugins.module_utils.migration import COPY_STORAGE
+from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import (
+    PAIR_ARGUMENT_SPEC,
+    PAIR_CONSTRAINTS,
+    destination_uri,
+    run_engine,
+)
 from ansible_collections.kvm.live_migration.plugins.module_utils.policy import Policy
 from ansible_collections.kvm.live_migration.plugins.module_utils.preflight import Preflight, PreflightRequest
 
 ARGUMENT_SPEC = {
-    "name": {"type": "str", "required": True},
-    "source_uri": {"type": "str", "default": "qemu:///system"},
-    "dest_uri": {"type": "str"},
-    "dest_host": {"type": "str"},
-    "transport": {"type": "str", "choices": list(TRANSPORTS), "default": "tls"},
-    "allow_insecure": {"type": "bool", "default": False},
+    **PAIR_ARGUMENT_SPEC,
     "migrate_uri": {"type": "str"},
     "copy_storage": {"type": "str", "choices": list(COPY_STORAGE)},
     "migrate_disks": {"type": "list", "elements": "str"},
@@ -222,7 +222,7 @@ ARGUMENT_SPEC = {
 def build_request(params):
     return PreflightRequest(
         name=params["name"],
-        dest_uri=params["dest_uri"] or f"qemu+ssh://{params['dest_host']}/system",
+        dest_uri=destination_uri(params),
         transport=params["transport"],
         allow_insecure=params["allow_insecure"],
         migrate_uri=params["migrate_uri"],
@@ -243,12 +243,7 @@ def run_preflight(params):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
-        required_one_of=[("dest_uri", "dest_host")],
-        mutually_exclusive=[("dest_uri", "dest_host")],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, **PAIR_CONSTRAINTS)
     result = run_engine(module, lambda: run_preflight(module.params), LIBVIRT_IMPORT_ERROR)
     if not result.ok and module.params["fail_on_error"]:
         module.fail_json(msg=result.summary(), **result.as_dict())

@@ -17,10 +17,10 @@ import importlib.metadata
 import re
 import threading
 import traceback
-import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError, libvirt_errors
+from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml import parse_capabilities
 
 try:
     import libvirt
@@ -31,6 +31,7 @@ else:
     LIBVIRT_IMPORT_ERROR = None
 
 _UUID = re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.IGNORECASE)
+KIB = 1024
 _STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")
 
 
@@ -131,9 +132,20 @@ class Hypervisor:
         return self._hostname
 
     def host_uuid(self):
+        return self.capabilities().uuid
+
+    def capabilities(self):
+        """The host's libvirt capabilities (CPU, UUID, the guests it runs) as a HostCapabilities."""
         with libvirt_errors(self.lv, f"reading the capabilities of {self.uri}"):
-            capabilities = ET.fromstring(self.conn.getCapabilities())
-        return capabilities.findtext("host/uuid")
+            return parse_capabilities(self.conn.getCapabilities())
+
+    def memory(self):
+        """{total_bytes, free_bytes, available_bytes} of the whole host.
+
+        getInfo() and getFreeMemory() count NUMA node 0 only; the all-cells statistics count every node.
+        """
+        with libvirt_errors(self.lv, f"reading the memory of {self.uri}"):
+            return memory_facts(self.conn.getMemoryStats(self.lv.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0))
 
     def versions(self):
         return {key: dotted_version(number) for key, number in self.version_numbers().items()}
@@ -199,6 +211,14 @@ class Hypervisor:
             if getattr(self.lv, f"VIR_DOMAIN_{name.upper()}", None) == state:
                 return name
         return f"unknown({state})"
+
+
+def memory_facts(stats):
+    """Bytes from getMemoryStats (KiB): available counts page cache and buffers the kernel can reclaim."""
+    total = stats.get("total", 0) * KIB
+    free = stats.get("free", 0) * KIB
+    reclaimable = (stats.get("buffers", 0) + stats.get("cached", 0)) * KIB
+    return {"total_bytes": total, "free_bytes": free, "available_bytes": min(total, free + reclaimable)}
 
 
 def binding_names(lv):

@@ -323,6 +323,11 @@ def read_migration_config(root="/"):
     }
 
 
+def read_mounts(root="/"):
+    """This host's /proc/mounts; empty when it cannot be read."""
+    return _read(Path(root) / "proc/mounts") or ""
+
+
 def filesystem_of(path, mounts_text):
     """(mount point, file system type, source) of the mount that holds ``path``, from /proc/mounts."""
     best = ("/", None, None)

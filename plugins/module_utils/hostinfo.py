@@ -10,6 +10,7 @@ keys in every entry of a list.
 from __future__ import annotations
 
 import contextlib
+import functools
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -20,32 +21,29 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts impor
     probe_kvm,
     read_kernel_view,
     read_migration_config,
+    read_mounts,
     virtualization_status,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml import (
     SHARED_FILESYSTEMS,
     SHARED_POOL_TYPES,
-    parse_capabilities,
     parse_guest,
 )
-
-KIB = 1024
-MIB = 1024 * KIB
+from ansible_collections.kvm.live_migration.plugins.module_utils.policy import FEATURE_NEEDS
 
 # (feature, binding names it needs, lowest libvirt, lowest QEMU, first QEMU without it), versions as libvirt
 # encodes them. The binding names tell what the Python binding and client library know; the versions
-# what the daemon and QEMU of this host implement.
+# what the daemon and QEMU of this host implement. The features the convergence engine uses come from
+# its own table, so host_info reports exactly what a migration will detect.
 MIGRATION_FEATURES = (
-    ("auto_converge", ("VIR_MIGRATE_AUTO_CONVERGE", "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL"), 2_000_000,
-     2_000_000, None),
-    ("post_copy", ("VIR_MIGRATE_POSTCOPY", "migrateStartPostCopy"), 1_003_003, 2_005_000, None),
+    *((feature, needs, lowest_libvirt, lowest_qemu, None) for feature, needs, lowest_libvirt, lowest_qemu
+      in FEATURE_NEEDS),
     ("parallel", ("VIR_MIGRATE_PARALLEL", "VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS"), 5_002_000, 4_000_000, None),
     ("compression.xbzrle", ("VIR_MIGRATE_COMPRESSED",), 1_000_003, 1_002_000, None),
     ("compression.mt", ("VIR_MIGRATE_PARAM_COMPRESSION",), 1_003_004, 2_004_000, 9_001_000),
     ("compression.zlib", ("VIR_MIGRATE_PARAM_COMPRESSION", "VIR_MIGRATE_PARALLEL"), 9_004_000, 5_000_000, None),
     ("compression.zstd", ("VIR_MIGRATE_PARAM_COMPRESSION", "VIR_MIGRATE_PARALLEL"), 9_004_000, 5_000_000, None),
     ("zero_copy", ("VIR_MIGRATE_ZEROCOPY",), 8_005_000, 7_001_000, None),
-    ("dirty_rate", ("VIR_DOMAIN_STATS_DIRTYRATE", "startDirtyRateCalc"), 7_002_000, 5_002_000, None),
 )
 
 
@@ -87,11 +85,9 @@ class HostInfo:
         self.local = local
         self.probe = probe
         self.root = Path(root)
-        self._mounts = None
 
     def gather(self, domain_names=None):
-        with libvirt_errors(self.lv, f"reading the capabilities of {self.hypervisor.uri}"):
-            capabilities = parse_capabilities(self.conn.getCapabilities())
+        capabilities = self.hypervisor.capabilities()
         versions = self.hypervisor.version_numbers()
         config = read_migration_config(self.root) if self.local else None
         host = self._host(capabilities, versions, config)
@@ -106,7 +102,6 @@ class HostInfo:
     def _host(self, capabilities, versions, config):
         with libvirt_errors(self.lv, f"reading the node information of {self.hypervisor.uri}"):
             info = self.conn.getInfo()
-            memory = self.conn.getMemoryStats(self.lv.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
         host_arch = capabilities.guest_arch(capabilities.arch)
         host = {
             "hostname": self.hypervisor.hostname(),
@@ -116,7 +111,7 @@ class HostInfo:
             "cpus": int(info[2]),
             "libvirt_version": dotted_version(versions["libvirt"]),
             "qemu_version": dotted_version(versions["hypervisor"]),
-            "memory": memory_facts(memory),
+            "memory": self.hypervisor.memory(),
             "domain_types": [] if host_arch is None else list(host_arch.domain_types),
             "guest_arches": sorted({guest.arch for guest in capabilities.guests}),
             "migration_transports": list(capabilities.migration_transports),
@@ -207,15 +202,12 @@ class HostInfo:
         except self.lv.libvirtError:
             return None
 
+    @functools.cached_property
+    def _mounts(self):
+        return read_mounts(self.root)
+
     def _filesystem(self, path):
-        if not self.local:
-            return None
-        if self._mounts is None:
-            try:
-                self._mounts = (self.root / "proc/mounts").read_text()
-            except OSError:
-                self._mounts = ""
-        return filesystem_of(path, self._mounts)[1]
+        return filesystem_of(path, self._mounts)[1] if self.local else None
 
 
 def pool_type(pool_xml):
@@ -241,11 +233,3 @@ def _path_sharing(pool, filesystem):
     if pool is not None:
         return None, f"in {pool[1]} storage pool {pool[0]}; whether other hosts see it is not known"
     return None, "not in a storage pool and the file system could not be read"
-
-
-def memory_facts(stats):
-    """Bytes from getMemoryStats (KiB): available counts page cache and buffers the kernel can reclaim."""
-    total = stats.get("total", 0) * KIB
-    free = stats.get("free", 0) * KIB
-    reclaimable = (stats.get("buffers", 0) + stats.get("cached", 0)) * KIB
-    return {"total_bytes": total, "free_bytes": free, "available_bytes": min(total, free + reclaimable)}

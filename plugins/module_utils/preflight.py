@@ -12,7 +12,7 @@ runs every check; it changes nothing on either host.
 from __future__ import annotations
 
 import errno
-import os
+import functools
 import posixpath
 import re
 import socket
@@ -32,13 +32,12 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts impor
     QEMU_TLS_CLIENT_FILES,
     filesystem_of,
     read_migration_config,
+    read_mounts,
 )
-from ansible_collections.kvm.live_migration.plugins.module_utils.hostinfo import memory_facts
 from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml import (
     SHARED_FILESYSTEMS,
     VENDOR_NEUTRAL_MODELS,
     cpu_model_vendors,
-    parse_capabilities,
     parse_guest,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.migration import TRANSPORTS, measure_dirty_rate
@@ -634,10 +633,9 @@ class Preflight:
     def _checks(self, domain, state, destination, result):
         request, source_name, dest_name = self.request, result.source, result.destination
         with libvirt_errors(self.lv, f"reading {request.name}'s definition on {source_name}"):
-            guest = parse_guest(domain.XMLDesc(self._migratable_flag()))
+            guest = parse_guest(domain.XMLDesc(self.lv.VIR_DOMAIN_XML_MIGRATABLE))
             job_type = domain.jobInfo()[0] if state.running or state.paused else None  # inactive: no jobs
-        source_caps = self._capabilities(self.source)
-        dest_caps = self._capabilities(destination)
+        source_caps, dest_caps = self.source.capabilities(), destination.capabilities()
         source_versions, dest_versions = self.source.version_numbers(), destination.version_numbers()
         findings = [
             check_host_identity(HostIdentity(source_name, source_caps.uuid),
@@ -650,7 +648,7 @@ class Preflight:
             check_machine_type(guest, dest_caps, dest_name),
             check_cpu(guest, source_caps, dest_caps, self._compare_cpu(destination, guest),
                       self._model_vendors(destination, guest), dest_name),
-            check_memory(guest.memory_bytes, self._memory(destination), request.memory_margin_mib * MIB, dest_name),
+            check_memory(guest.memory_bytes, destination.memory(), request.memory_margin_mib * MIB, dest_name),
             *check_storage(self._storage_paths(domain, guest, destination), dest_name),
             *check_networks(guest.interfaces, [self._network_presence(destination, i) for i in guest.interfaces],
                             dest_name),
@@ -665,17 +663,6 @@ class Preflight:
         return [finding for finding in findings if finding is not None]
 
     # -- readers ---------------------------------------------------------------------------------
-
-    def _migratable_flag(self):
-        return getattr(self.lv, "VIR_DOMAIN_XML_MIGRATABLE", 0)
-
-    def _capabilities(self, hypervisor):
-        with libvirt_errors(self.lv, f"reading the capabilities of {hypervisor.uri}"):
-            return parse_capabilities(hypervisor.conn.getCapabilities())
-
-    def _memory(self, hypervisor):
-        with libvirt_errors(self.lv, f"reading the memory of {hypervisor.uri}"):
-            return memory_facts(hypervisor.conn.getMemoryStats(self.lv.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0))
 
     def _tls(self):
         if self.request.transport != "tls" or not self.module_on_source:
@@ -749,14 +736,12 @@ class Preflight:
         except self.lv.libvirtError:
             return None
 
+    @functools.cached_property
+    def _mounts(self):
+        return read_mounts(self.root)
+
     def _filesystem(self, path):
-        if not self.module_on_source:
-            return None
-        try:
-            with open(os.path.join(self.root, "proc/mounts")) as mounts:
-                return filesystem_of(path, mounts.read())[1]
-        except OSError:
-            return None
+        return filesystem_of(path, self._mounts)[1] if self.module_on_source else None
 
     def _network_presence(self, destination, interface):
         lv = self.lv

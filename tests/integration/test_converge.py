@@ -8,6 +8,7 @@ or with auto-converge when permitted, and abort it cleanly when neither is.
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import time
 
@@ -50,7 +51,9 @@ def migrate(running_lab, tmp_path, name, **options):
 def assert_moved_and_continuous(running_lab, name, before, migration):
     """Completed within the budget, runs on hv2 only, and the same boot kept counting."""
     assert (migration["status"], migration["owner"]) == ("completed", "hv2"), migration
-    assert 0 < migration["downtime_ms"] <= MAX_DOWNTIME_MS, migration
+    assert 0 < migration["downtime_ms"] <= MAX_DOWNTIME_MS, json.dumps(  # pytest truncates a dict: print what decided
+        {key: migration.get(key) for key in ("downtime_ms", "downtime_net_ms", "strategy", "actions", "prediction")}
+        | {"last_passes": migration["timeline"][-3:]})
     assert running_lab.running_guests("hv2") >= {name}
     assert name not in running_lab.defined_guests("hv1")
     running_lab.xfail_if_crashed_after_migration("hv2", name)

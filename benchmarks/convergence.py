@@ -36,7 +36,8 @@ MAX_DOWNTIME_MS = 500
 DEST_URI = "qemu+ssh://hv2/system"
 SAMPLE_S = 0.1
 LAB_STATE = Path(os.environ.get("KVMLM_LAB_STATE", "/var/tmp/kvmlm-lab"))
-CRASH = re.compile(r"Kernel panic|BUG: |Oops: ")
+CRASH = re.compile(r"Kernel panic|BUG: |Oops: |KVMLM mismatch")
+SWEPT = re.compile(r"swept=(\d+) bad=(\d+)")
 
 # name: (memory MiB, working set MiB, pages/s (-1 flat out), MiB filled at boot)
 WORKLOADS = {
@@ -185,12 +186,27 @@ def migrate_once(workload, policy, index):
                      "--one", policy, name, str(BOUND_S[policy]), timeout=BOUND_S[policy] + 180)
         run = json.loads(output.strip().splitlines()[-1])
         if run["outcome"] == "completed":
-            time.sleep(2)  # a guest whose memory arrived corrupted crashes within moments
-            log = LAB_STATE / "hv2" / "log" / "qemu" / f"{name}-serial.log"
-            run["intact"] = not CRASH.search(log.read_text(errors="replace") if log.exists() else "")
+            run["intact"] = arrived_intact(name)
         return run
     finally:
         remove_guest(name)
+
+
+def arrived_intact(name, timeout_s=30):
+    """Whether the guest swept its memory twice on hv2 with no crash and no page changed behind its back
+    (tests/lab/guest/dirtier.c stamps every page it writes and prints bad=N with each tick)."""
+    logs = {host: LAB_STATE / host / "log" / "qemu" / f"{name}-serial.log" for host in ("hv1", "hv2")}
+    source_sweeps = max((int(match.group(1)) for match in SWEPT.finditer(logs["hv1"].read_text(errors="replace"))),
+                        default=0)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = logs["hv2"].read_text(errors="replace") if logs["hv2"].exists() else ""
+        if CRASH.search(text) or any(int(match.group(2)) for match in SWEPT.finditer(text)):
+            return False
+        if max((int(match.group(1)) for match in SWEPT.finditer(text)), default=0) >= source_sweeps + 2:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def first_pass_s(runs, workload):
@@ -210,7 +226,7 @@ def table(runs):
         ratio = f"{seconds / first:.2f}" if first else "-"
         downtime = "-" if run.get("downtime_ms") is None else f"{run['downtime_ms']} ms"
         sent = "-" if run.get("data_bytes") is None else f"{run['data_bytes'] / MIB:.0f}"
-        crashed = "GUEST CRASHED ON HV2 (lab: QEMU 7.2 TCG dirty tracking)" if run.get("intact") is False else None
+        crashed = "GUEST DAMAGED ON HV2 (crash or memory mismatch)" if run.get("intact") is False else None
         notes = " ".join(filter(None, [run.get("strategy"), " ".join(run.get("actions", [])), run.get("error"),
                                        crashed]))
         lines.append(f"{workload:<9} {policy:<11} {run['outcome']:<17} {seconds:>7.1f} {ratio:>7} {downtime:>8} "

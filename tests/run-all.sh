@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (as root on Debian 12):
-#   dependencies -> lint -> unit tests -> collection build -> ansible-test sanity -> ansible-lint
-#   -> integration tests in the two-hypervisor lab (brought up and torn down by the tests)
-#   -> the molecule scenario (the same lab, driven by molecule).
-# Exits non-zero as soon as one stage fails.
+#   dependencies (the backports stack: QEMU 10.0 / libvirt 11.3) -> lint -> unit tests -> collection
+#   build -> ansible-test sanity -> ansible-lint -> integration tests in the two-hypervisor lab (brought
+#   up and torn down by the tests) -> the molecule scenario (the same lab, driven by molecule)
+#   -> the stock stage: Debian 12's own QEMU 7.2 / libvirt 9.0, the lab tests marked "stock"
+#   -> back to the backports stack.
+# Exits non-zero as soon as one stage fails. On the backports stack no test may be an expected failure.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,14 +19,23 @@ tests_passed=0
 tests_xfailed=0
 stage() { printf '\n=== %s (at %d s)\n' "$*" $((SECONDS - started)); }
 
-# Runs pytest and adds the tests it passed to the total printed at the end.
+# Runs pytest and adds the tests it passed (and expected failures) to the totals printed at the end.
 run_pytest() {
     local log
     log=$(mktemp)
     pytest "$@" | tee "$log"
-    tests_passed=$((tests_passed + $(grep -Eo '[0-9]+ passed' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)))
-    tests_xfailed=$((tests_xfailed + $(grep -Eo '[0-9]+ xfailed' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)))
+    last_passed=$(grep -Eo '[0-9]+ passed' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+    last_xfailed=$(grep -Eo '[0-9]+ xfailed' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+    tests_passed=$((tests_passed + last_passed))
+    tests_xfailed=$((tests_xfailed + last_xfailed))
     rm -f "$log"
+}
+
+run_lab_tests() {
+    bash tests/lab/lab.sh down >/dev/null 2>&1 || true
+    run_pytest tests/integration -q -rxs -p no:cacheprovider --rootdir tests/integration -c /dev/null \
+        -o console_output_style=classic "$@"
+    bash tests/lab/lab.sh check-clean
 }
 
 stage "dependencies"
@@ -45,16 +56,29 @@ bash tests/sanity.sh
 stage "ansible-lint"
 ansible-lint
 
-stage "integration tests (lab)"
-bash tests/lab/lab.sh down >/dev/null 2>&1 || true
-run_pytest tests/integration -q -rxs -p no:cacheprovider --rootdir tests/integration -c /dev/null -o console_output_style=classic
-bash tests/lab/lab.sh check-clean
+stage "integration tests (lab, backports stack: $(qemu-system-x86_64 --version | head -1))"
+run_lab_tests
+if [ "$last_xfailed" -gt 0 ]; then
+    echo "run-all.sh: $last_xfailed expected failure(s) on the backports stack, where none is allowed" >&2
+    exit 1
+fi
 
 stage "molecule: the lab scenario (extensions/molecule/default)"
 molecule test
 tests_passed=$((tests_passed + 1))  # the molecule scenario
 
+stage "stock stack: Debian 12's QEMU 7.2 / libvirt 9.0"
+KVMLM_STACK=stock bash tests/install-deps.sh
+trap 'bash tests/install-deps.sh >/dev/null' EXIT  # leave the machine on the default stack whatever happens
+run_lab_tests -m stock
+stock_xfailed=$last_xfailed
+trap - EXIT
+
+stage "back to the backports stack"
+bash tests/install-deps.sh
+
 printf '\n=== every stage passed in %d s\n' $((SECONDS - started))
+echo "stock stage: $stock_xfailed expected failure(s) (QEMU 7.2's TCG write loss in pre-copy, named above)"
 if [ "$tests_xfailed" -gt 0 ]; then
     echo "tests: $tests_passed passed, 0 failed, $tests_xfailed expected failures (lab limitations named above)"
 else

@@ -30,8 +30,8 @@ _MESSAGE_FIXES = (
     ),
     (
         re.compile(r"Postcopy is not supported", re.IGNORECASE),
-        "set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user) or "
-        "do not permit post-copy",
+        "set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user), or give it "
+        "libvirt >= 10.1 and QEMU >= 8.1, which use /dev/userfaultfd, or do not permit post-copy",
     ),
     (
         re.compile(r"Host key verification failed|No route to host|Connection refused|Permission denied \(publickey",

@@ -20,11 +20,14 @@ import os
 import re
 import select
 import signal
+import stat
 import struct
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ansible_collections.kvm.live_migration.plugins.module_utils.connection import dotted_version
 
 KVM_MODULES = ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm")
 HARDWARE_FLAGS = {"vmx": "Intel VT-x", "svm": "AMD-V"}
@@ -37,6 +40,7 @@ QEMU_TLS_DIR = "/etc/pki/qemu"
 QEMU_TLS_CLIENT_FILES = ("ca-cert.pem", "client-cert.pem", "client-key.pem")
 QEMU_TLS_SERVER_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem")
 KVM_PROBE_TIMEOUT_S = 5.0
+MISC_MAJOR = 10  # the character-device major of the kernel's misc devices (/dev/userfaultfd among them)
 
 
 @dataclass(frozen=True)
@@ -279,23 +283,65 @@ def migration_ports(settings):
             "max": int(settings.get("migration_port_max", DEFAULT_MIGRATION_PORTS[1]))}
 
 
-def post_copy_status(qemu_user, unprivileged_userfaultfd, dev_userfaultfd_usable=False):
+# libvirt 10.1 grants QEMU's user the kernel's /dev/userfaultfd (Linux >= 6.1) by itself, and QEMU 8.1
+# opens it before falling back to the userfaultfd() system call: then vm.unprivileged_userfaultfd=0 does
+# not stop post-copy (measured: libvirt 11.3 / QEMU 10.0 post-copied with the sysctl at 0, libvirt 9.0 /
+# QEMU 7.2 did not).
+DEV_USERFAULTFD_LIBVIRT = 10_001_000
+DEV_USERFAULTFD_QEMU = 8_001_000
+
+
+def post_copy_status(qemu_user, unprivileged_userfaultfd, dev_userfaultfd="missing", versions=None):
     """Whether QEMU may create the userfaultfd post-copy needs on this host, and why not.
 
-    QEMU runs as ``qemu_user`` (libvirt-qemu on Debian, qemu elsewhere). A non-root process may
-    use userfaultfd for user-space faults only with vm.unprivileged_userfaultfd=1.
+    QEMU runs as ``qemu_user`` (libvirt-qemu on Debian, qemu elsewhere). A non-root process gets a
+    userfaultfd from the system call only with vm.unprivileged_userfaultfd=1, or from /dev/userfaultfd
+    (``dev_userfaultfd``: ok, missing or not_the_device) when libvirt hands that device to QEMU and QEMU
+    uses it; ``versions`` are libvirt's numbers ({"libvirt", "hypervisor"}).
     """
     if qemu_user in ("root", "0"):
         return {"possible": True, "reason": "QEMU runs as root"}
-    if unprivileged_userfaultfd is None:
-        return {"possible": None, "reason": "vm.unprivileged_userfaultfd could not be read"}
     if unprivileged_userfaultfd:
         return {"possible": True, "reason": f"vm.unprivileged_userfaultfd=1 lets QEMU ({qemu_user}) use userfaultfd"}
-    if dev_userfaultfd_usable:
-        return {"possible": True, "reason": "/dev/userfaultfd is open to QEMU's user"}
+    device_reason = _dev_userfaultfd_reason(dev_userfaultfd, versions)
+    if device_reason is None:
+        return {"possible": True,
+                "reason": f"libvirt {dotted_version(versions['libvirt'])} grants QEMU ({qemu_user}) /dev/userfaultfd, "
+                          f"which QEMU {dotted_version(versions['hypervisor'])} uses"}
+    if unprivileged_userfaultfd is None:
+        return {"possible": None, "reason": f"vm.unprivileged_userfaultfd could not be read, and {device_reason}"}
     return {"possible": False,
-            "reason": f"vm.unprivileged_userfaultfd=0 and QEMU runs as {qemu_user}: QEMU refuses post-copy "
-                      "('Postcopy is not supported'); set vm.unprivileged_userfaultfd=1 (the hypervisor role can)"}
+            "reason": f"vm.unprivileged_userfaultfd=0 and QEMU runs as {qemu_user}, and {device_reason}: QEMU refuses "
+                      "post-copy ('Postcopy is not supported'); set vm.unprivileged_userfaultfd=1 (the hypervisor "
+                      "role can), or run libvirt >= 10.1 with QEMU >= 8.1 on a kernel with /dev/userfaultfd"}
+
+
+def _dev_userfaultfd_reason(dev_userfaultfd, versions):
+    """Why /dev/userfaultfd does not give QEMU a userfaultfd here, or None when it does."""
+    if dev_userfaultfd == "missing":
+        return "this kernel has no /dev/userfaultfd (Linux >= 6.1 has)"
+    if dev_userfaultfd != "ok":
+        return "/dev/userfaultfd is not the kernel's userfaultfd device"
+    if not versions:
+        return "the libvirt and QEMU versions that would use /dev/userfaultfd are unknown"
+    if versions["libvirt"] < DEV_USERFAULTFD_LIBVIRT:
+        return f"libvirt {dotted_version(versions['libvirt'])} does not hand /dev/userfaultfd to QEMU (10.1 does)"
+    if versions["hypervisor"] < DEV_USERFAULTFD_QEMU:
+        return f"QEMU {dotted_version(versions['hypervisor'])} does not use /dev/userfaultfd (8.1 does)"
+    return None
+
+
+def read_dev_userfaultfd(root="/"):
+    """ok when ``root``/dev/userfaultfd is the kernel's userfaultfd device, else missing or not_the_device."""
+    try:
+        info = os.stat(Path(root) / "dev/userfaultfd")
+    except OSError:
+        return "missing"
+    misc = re.search(r"^\s*(\d+)\s+userfaultfd$", _read(Path(root) / "proc/misc") or "", re.MULTILINE)
+    is_misc_device = stat.S_ISCHR(info.st_mode) and os.major(info.st_rdev) == MISC_MAJOR
+    if is_misc_device and (misc is None or os.minor(info.st_rdev) == int(misc.group(1))):
+        return "ok"
+    return "not_the_device"
 
 
 def tls_status(cert_dir, present):
@@ -307,8 +353,12 @@ def tls_status(cert_dir, present):
             "missing": sorted(set(missing_client) | set(missing_server))}
 
 
-def read_migration_config(root="/"):
-    """Ports, post-copy and TLS facts from this host's qemu.conf, sysctls and certificate files."""
+def read_migration_config(root="/", versions=None):
+    """Ports, post-copy and TLS facts from this host's qemu.conf, sysctls, devices and certificate files.
+
+    ``versions`` are the local libvirt's numbers ({"libvirt", "hypervisor"}), which decide whether
+    /dev/userfaultfd serves post-copy.
+    """
     root = Path(root)
     settings = parse_qemu_conf(_read(root / "etc/libvirt/qemu.conf") or "")
     sysctl = _read(root / "proc/sys/vm/unprivileged_userfaultfd")
@@ -318,7 +368,8 @@ def read_migration_config(root="/"):
     return {
         "migration_ports": migration_ports(settings),
         "post_copy": post_copy_status(str(settings.get("user", "libvirt-qemu")),
-                                      None if sysctl is None else sysctl.strip() == "1"),
+                                      None if sysctl is None else sysctl.strip() == "1",
+                                      read_dev_userfaultfd(root), versions),
         "tls": tls_status(cert_dir, present),
     }
 

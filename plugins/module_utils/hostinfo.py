@@ -89,7 +89,7 @@ class HostInfo:
     def gather(self, domain_names=None):
         capabilities = self.hypervisor.capabilities()
         versions = self.hypervisor.version_numbers()
-        config = read_migration_config(self.root) if self.local else None
+        config = read_migration_config(self.root, versions) if self.local else None
         host = self._host(capabilities, versions, config)
         return {
             "host": host,

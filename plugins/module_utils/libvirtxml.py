@@ -330,3 +330,12 @@ def cpu_model_vendors(domcaps_xml):
             vendor = model.get("vendor")
             vendors[model.text] = None if vendor in (None, "", "unknown") else vendor_name(vendor)
     return vendors
+
+
+def net_device_interface(nodedev_xml):
+    """(interface name, link state) of a net node device's XML; (None, None) for another kind of device."""
+    capability = ET.fromstring(nodedev_xml).find("capability[@type='net']")
+    if capability is None:
+        return None, None
+    link = capability.find("link")
+    return capability.findtext("interface"), None if link is None else link.get("state")

@@ -55,7 +55,8 @@ _UNSUPPORTED_AT_START = (
     ("auto_converge", ("auto_converge", "auto-converge")),
 )
 _FEATURE_FIXES = {
-    "post_copy": "set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user)",
+    "post_copy": "set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user), or give it "
+                 "libvirt >= 10.1 and QEMU >= 8.1, which use /dev/userfaultfd",
     "auto_converge": "upgrade QEMU/libvirt on both hosts",
 }
 GIB = 1024**3
@@ -357,7 +358,7 @@ class MigrationRunner:
             stop_watching()
             features = features.without(unsupported, outcome.error.get_error_message())
             self._record(f"{unsupported}_unavailable", f"{outcome.error.get_error_message()}; retrying without it "
-                                                       f"({_FEATURE_FIXES[unsupported]} to use it)")
+                                                       f"(to use it: {_FEATURE_FIXES[unsupported]})")
         self._finish(result, watched, outcome)
         stop_watching()
         return result

@@ -38,6 +38,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml impo
     SHARED_FILESYSTEMS,
     VENDOR_NEUTRAL_MODELS,
     cpu_model_vendors,
+    net_device_interface,
     parse_guest,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.migration import TRANSPORTS, measure_dirty_rate
@@ -757,12 +758,29 @@ class Preflight:
             try:
                 found = destination.conn.interfaceLookupByName(name)
             except lv.libvirtError as error:
+                if error.get_error_code() == lv.VIR_ERR_NO_SUPPORT:
+                    return self._node_device_presence(destination, kind, name, error)
                 return self._absent(kind, name, error, "VIR_ERR_NO_INTERFACE")
             # A bridge without ports reports operstate "unknown", which libvirt calls inactive; QEMU's tap
             # attaches to it all the same. A NIC under a macvtap must be up.
             return NetworkPresence(kind, name, "active" if kind == "bridge" or found.isActive() else "inactive")
         return NetworkPresence(interface.kind or "interface", interface.network or interface.bridge or "-", "active",
                                "nothing on the host to check")
+
+    def _node_device_presence(self, destination, kind, name, interface_error):
+        """The host interface as the node device driver lists it: libvirt >= 10 packages the interface
+        driver apart (Debian's libvirt-daemon-driver-interface, only recommended), so a host may lack it."""
+        lv = self.lv
+        try:
+            devices = destination.conn.listAllDevices(lv.VIR_CONNECT_LIST_NODE_DEVICES_CAP_NET)
+        except lv.libvirtError as error:
+            return NetworkPresence(kind, name, "unknown", f"{interface_error.get_error_message()}; "
+                                                          f"{error.get_error_message()}")
+        for device in devices:
+            interface, link = net_device_interface(device.XMLDesc(0))
+            if interface == name:
+                return NetworkPresence(kind, name, "active" if kind == "bridge" or link == "up" else "inactive")
+        return NetworkPresence(kind, name, "missing")
 
     def _absent(self, kind, name, error, missing_code):
         if error.get_error_code() == getattr(self.lv, missing_code, None):

@@ -13,11 +13,13 @@
 #   lab.sh check-clean        exits 1 and lists leftovers if anything of the lab remains
 #   lab.sh exec HOST CMD...   run CMD inside hypervisor HOST (hv1 or hv2)
 #   lab.sh guest-start HOST NAME [MEMORY_MIB MIB RATE [TOUCH_MIB]]   define and start a guest on HOST
-#                             (KVMLM_GUEST_CPU and KVMLM_GUEST_DEVICES add a <cpu> element and devices)
+#                             (KVMLM_GUEST_CPU and KVMLM_GUEST_DEVICES add a <cpu> element and devices,
+#                             KVMLM_GUEST_CMDLINE more kernel parameters)
 #   lab.sh restart-libvirtd HOST          restart HOST's libvirtd (its guests keep running)
 #   lab.sh host-uuid HOST [UUID|restore]  print HOST's libvirt host UUID, or set it (restarts libvirtd)
 #   lab.sh hide-cpu-feature HOST FEATURE  make HOST's libvirt see TCG's CPU without FEATURE (restarts libvirtd)
 #   lab.sh restore-cpu-features HOST      undo hide-cpu-feature
+#   lab.sh deny-userfaultfd HOST          give HOST's QEMU no userfaultfd (post-copy refused); allow-userfaultfd undoes it
 #   lab.sh inventory          print the path of the generated Ansible inventory
 set -euo pipefail
 
@@ -42,7 +44,7 @@ require_root() { [ "$(id -u)" -eq 0 ] || die "run as root (namespaces, bridges a
 
 require_tools() {
     local tool missing=()
-    for tool in ip unshare nsenter libvirtd virtlogd virsh /usr/sbin/sshd ssh-keygen qemu-system-x86_64 gcc cpio; do
+    for tool in ip unshare nsenter taskset libvirtd virtlogd virsh /usr/sbin/sshd ssh-keygen qemu-system-x86_64 gcc cpio; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (run tests/install-deps.sh)"
@@ -166,13 +168,17 @@ make_host_namespaces() {
         ' sh "$root" "$host" "$LAB_STATE"
 }
 
+# libvirtd runs on CPU 0 only. libvirt >= 10 keeps the host's CPUID in its QEMU capability cache and
+# re-probes QEMU when it reads another one, and leaf 1 carries the APIC ID of the core it runs on: a
+# daemon restarted on the other core threw the cache away (and hide-cpu-feature's edit with it). QEMU
+# is unaffected: libvirt gives each guest every host CPU.
 start_daemons() {
     local host=$1
     # shellcheck disable=SC2016 # the script expands its own arguments inside the namespaces
     in_host "$host" sh -euc '
         mkdir -p /run/sshd /run/libvirt
         virtlogd -d
-        libvirtd -d
+        taskset -c 0 libvirtd -d
         /usr/sbin/sshd -f "$1"
     ' sh "$LAB_STATE/$host/sshd_config"
 }
@@ -210,7 +216,7 @@ cmd_restart_libvirtd() {
         [ $tries -lt 100 ] || die "libvirtd ($pid) on $host did not stop within 20 s"
         sleep 0.2
     done
-    in_host "$host" libvirtd -d
+    in_host "$host" taskset -c 0 libvirtd -d
     wait_for_host "$host"
 }
 
@@ -262,6 +268,24 @@ cmd_restore_cpu_features() {
         mv "$caps" "${caps%.lab}"
     done
     cmd_restart_libvirtd "$host"
+}
+
+# A host whose QEMU gets no userfaultfd, as on a kernel without /dev/userfaultfd: /dev/null bound over
+# the device in HOST's mount namespace (libvirt >= 10.1 hands the device to QEMU, which then fails to
+# make a userfaultfd from it), with vm.unprivileged_userfaultfd=0 for the machine (the sysctl is not
+# namespaced; allow-userfaultfd puts 1 back, as lab.sh up sets it).
+cmd_deny_userfaultfd() {
+    local host=${1:?host}
+    echo 0 >"$USERFAULTFD_SYSCTL"
+    if [ -e /dev/userfaultfd ]; then
+        in_host "$host" sh -c 'mountpoint -q /dev/userfaultfd || mount --bind /dev/null /dev/userfaultfd'
+    fi
+}
+
+cmd_allow_userfaultfd() {
+    local host=${1:?host}
+    in_host "$host" sh -c 'while mountpoint -q /dev/userfaultfd; do umount /dev/userfaultfd; done'
+    echo 1 >"$USERFAULTFD_SYSCTL"
 }
 
 lab_ssh() {
@@ -441,10 +465,18 @@ cmd_status() {
     return $ok
 }
 
-# pti=on: QEMU 7.2 under TCG loses writes made through TLB entries that outlive a dirty-bitmap sync
-# (the migrated guest then panics on the destination with a corrupted kernel stack). Page-table
-# isolation reloads CR3 on every kernel entry, and TCG flushes its TLB on each reload, which closes
-# that window. KVM tracks dirty pages in the kernel and is not affected. See DEVELOPERS.md.
+# pti=on, on QEMU 7.x only: QEMU 7.2 under TCG loses writes made through TLB entries that outlive a
+# dirty-bitmap sync (the migrated guest then panics on the destination, or its memory check fails).
+# Page-table isolation reloads CR3 on every kernel entry, and TCG flushes its TLB on each reload, which
+# makes that rarer. QEMU 10.0 does not lose the writes; KVM tracks dirty pages in the kernel. See
+# DEVELOPERS.md. KVMLM_GUEST_CMDLINE adds to the kernel command line (the workload's kvmlm.* settings).
+guest_cmdline_extra() {
+    case "$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p')" in
+        [0-7]) printf ' pti=on' ;;
+    esac
+    [ -z "${KVMLM_GUEST_CMDLINE:-}" ] || printf ' %s' "$KVMLM_GUEST_CMDLINE"
+}
+
 guest_xml() {
     local name=$1 memory=$2 mib=$3 rate=$4 touch=${5:-$3}
     cat <<EOF
@@ -456,7 +488,7 @@ guest_xml() {
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>$LAB_IMAGES/vmlinuz</kernel>
     <initrd>$LAB_IMAGES/initrd.gz</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 pti=on kvmlm.mib=$mib kvmlm.rate=$rate kvmlm.touch_mib=$touch</cmdline>
+    <cmdline>console=ttyS0 quiet panic=-1 kvmlm.mib=$mib kvmlm.rate=$rate kvmlm.touch_mib=$touch$(guest_cmdline_extra)</cmdline>
   </os>
   ${KVMLM_GUEST_CPU:-}
   <on_poweroff>destroy</on_poweroff>
@@ -508,8 +540,10 @@ main() {
         host-uuid) cmd_host_uuid "$@" ;;
         hide-cpu-feature) cmd_hide_cpu_feature "$@" ;;
         restore-cpu-features) cmd_restore_cpu_features "$@" ;;
+        deny-userfaultfd) cmd_deny_userfaultfd "$@" ;;
+        allow-userfaultfd) cmd_allow_userfaultfd "$@" ;;
         inventory) echo "$LAB_STATE/inventory.yml" ;;
-        *) sed -n '2,23s/^# \{0,1\}//p' "$0"; [ -z "$cmd" ] || exit 2 ;;
+        *) sed -n '2,26s/^# \{0,1\}//p' "$0"; [ -z "$cmd" ] || exit 2 ;;
     esac
 }
 

@@ -52,6 +52,7 @@ CONSTANTS = {
     "VIR_ERR_WARNING": 1,
     "VIR_ERR_ERROR": 2,
     # Domain states.
+    "VIR_CONNECT_LIST_NODE_DEVICES_CAP_NET": 1 << 4,
     "VIR_DOMAIN_NOSTATE": 0,
     "VIR_DOMAIN_RUNNING": 1,
     "VIR_DOMAIN_BLOCKED": 2,
@@ -265,7 +266,8 @@ class FakeHost:
                                                       "buffers": 0, "cached": GIB // 1024})
     networks: dict = field(default_factory=dict)  # libvirt network name -> active
     interfaces: dict = field(default_factory=dict)  # host interface (bridge, NIC) name -> active
-    interface_driver: bool = True  # the daemon has an interface driver
+    interface_driver: bool = True  # the daemon has an interface driver (libvirt 11 packages it apart)
+    node_device_driver: bool = True  # the daemon has a node device driver; its net devices are ``interfaces``
     volumes: dict = field(default_factory=dict)  # path -> (pool name, capacity in bytes)
     pools_free: dict = field(default_factory=dict)  # pool target directory -> free bytes
     cpu_compare_error: str | None = None  # compareHypervisorCPU fails with this message
@@ -426,6 +428,14 @@ class FakeConnection:
             raise libvirtError(f"Interface not found: couldn't find interface named '{name}'", C.VIR_ERR_NO_INTERFACE)
         return FakeActive(name, host.interfaces[name])
 
+    def listAllDevices(self, flags=0):
+        host = self._host()
+        assert flags == C.VIR_CONNECT_LIST_NODE_DEVICES_CAP_NET
+        if not host.node_device_driver:
+            raise libvirtError("this function is not supported by the connection driver: virConnectListAllNodeDevices",
+                               C.VIR_ERR_NO_SUPPORT)
+        return [FakeNodeDevice(name, up) for name, up in host.interfaces.items()]
+
     def storageVolLookupByPath(self, path):
         volumes = self._host().volumes
         if path not in volumes:
@@ -511,6 +521,22 @@ class FakeActive:
 
     def bridgeName(self):
         return self.bridge
+
+
+@dataclass
+class FakeNodeDevice:
+    """A net node device, as libvirt's nodedev driver lists one per /sys/class/net entry."""
+
+    interface: str
+    up: bool
+
+    def name(self):
+        return f"net_{self.interface}_52_54_00_00_00_01"
+
+    def XMLDesc(self, flags=0):
+        state = "up" if self.up else "down"
+        return (f"<device><name>{self.name()}</name><capability type='net'><interface>{self.interface}</interface>"
+                f"<address>52:54:00:00:00:01</address><link state='{state}'/></capability></device>")
 
 
 @dataclass

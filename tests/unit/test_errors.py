@@ -19,8 +19,8 @@ SAME_HOST_FIX = ("the two hypervisors report the same host UUID: give each a uni
                  "/etc/libvirt/libvirtd.conf (or fix duplicate SMBIOS/machine-id UUIDs) and restart libvirtd")
 RESOLVE_FIX = ("the source cannot resolve the destination's host name: add it to DNS or /etc/hosts on the "
                "source, or pass migrate_uri with an address")
-POSTCOPY_FIX = ("set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user) or "
-                "do not permit post-copy")
+POSTCOPY_FIX = ("set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user), or give it "
+                "libvirt >= 10.1 and QEMU >= 8.1, which use /dev/userfaultfd, or do not permit post-copy")
 SSH_FIX = ("check that the source reaches the destination over SSH as the libvirtd user "
            "(key trust, known_hosts, firewall) with: ssh DESTINATION virsh -c qemu:///system version")
 

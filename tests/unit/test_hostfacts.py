@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts impor
     parse_qemu_conf,
     post_copy_status,
     probe_kvm,
+    read_dev_userfaultfd,
     read_kernel_view,
     read_migration_config,
     tls_status,
@@ -84,16 +86,42 @@ def test_kernel_view_is_read_from_a_root(tmp_path):
     assert kernel.kernel_log == ("[1.0] kvm: something",)
 
 
-@pytest.mark.parametrize(("user", "sysctl", "possible", "reason_has"), [
-    ("libvirt-qemu", True, True, "vm.unprivileged_userfaultfd=1"),
-    ("libvirt-qemu", False, False, "set vm.unprivileged_userfaultfd=1"),
-    ("root", False, True, "as root"),
-    ("qemu", None, None, "could not be read"),
+STOCK = {"libvirt": 9_000_000, "hypervisor": 7_002_000}  # Debian 12
+BACKPORTS = {"libvirt": 11_003_000, "hypervisor": 10_000_002}  # bookworm-backports
+
+
+@pytest.mark.parametrize(("user", "sysctl", "device", "versions", "possible", "reason_has"), [
+    ("libvirt-qemu", True, "missing", STOCK, True, "vm.unprivileged_userfaultfd=1"),
+    ("libvirt-qemu", False, "ok", STOCK, False, "libvirt 9.0.0 does not hand /dev/userfaultfd to QEMU (10.1 does)"),
+    ("libvirt-qemu", False, "ok", BACKPORTS, True, "libvirt 11.3.0 grants QEMU (libvirt-qemu) /dev/userfaultfd"),
+    ("libvirt-qemu", False, "ok", {"libvirt": 10_001_000, "hypervisor": 8_000_000}, False,
+     "QEMU 8.0.0 does not use /dev/userfaultfd (8.1 does)"),
+    ("libvirt-qemu", False, "missing", BACKPORTS, False, "this kernel has no /dev/userfaultfd"),
+    ("libvirt-qemu", False, "not_the_device", BACKPORTS, False, "is not the kernel's userfaultfd device"),
+    ("libvirt-qemu", False, "ok", None, False, "versions that would use /dev/userfaultfd are unknown"),
+    ("root", False, "missing", STOCK, True, "as root"),
+    ("qemu", None, "missing", STOCK, None, "could not be read"),
+    ("qemu", None, "ok", BACKPORTS, True, "grants QEMU (qemu) /dev/userfaultfd"),
 ])
-def test_post_copy_needs_userfaultfd_for_qemus_user(user, sysctl, possible, reason_has):
-    status = post_copy_status(user, sysctl)
+def test_post_copy_needs_a_userfaultfd_for_qemus_user(user, sysctl, device, versions, possible, reason_has):
+    status = post_copy_status(user, sysctl, device, versions)
     assert status["possible"] is possible
     assert reason_has in status["reason"]
+    if possible is False:
+        assert "set vm.unprivileged_userfaultfd=1" in status["reason"]
+
+
+def test_dev_userfaultfd_is_the_misc_device_or_not(tmp_path):
+    assert read_dev_userfaultfd(tmp_path) == "missing"
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/userfaultfd").write_text("")  # what a bind mount of a file over it would show
+    assert read_dev_userfaultfd(tmp_path) == "not_the_device"
+
+
+def test_the_hosts_dev_userfaultfd_is_recognised():
+    if not Path("/dev/userfaultfd").exists():
+        pytest.skip("this kernel has no /dev/userfaultfd")
+    assert read_dev_userfaultfd("/") == "ok"
 
 
 def test_tls_files_for_sending_and_receiving():

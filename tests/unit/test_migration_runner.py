@@ -402,8 +402,8 @@ def test_run_retries_without_post_copy_the_destination_refuses(cloud, hv1, clock
     assert result.actions[0]["what"] == "post_copy_unavailable"
     assert result.actions[0]["why"] == (
         "internal error: unable to execute QEMU command 'migrate-set-capabilities': Postcopy is not supported; "
-        "retrying without it (set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user) "
-        "to use it)")
+        "retrying without it (to use it: set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root "
+        "user), or give it libvirt >= 10.1 and QEMU >= 8.1, which use /dev/userfaultfd)")
 
 
 def test_run_does_not_retry_other_start_failures(cloud, hv1, clock):

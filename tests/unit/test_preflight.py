@@ -162,6 +162,36 @@ def test_each_problem_fails_its_check_with_the_fix(cloud, lv, clock, hv1, hv2, d
     assert fix in failed(result)[check]["fix"]
 
 
+@pytest.mark.parametrize(("interface_driver", "node_device_driver"), [(True, True), (False, True)],
+                         ids=["interface driver", "node device driver only"])
+@pytest.mark.parametrize("bridge_on_destination", [True, False], ids=["bridge there", "bridge missing"])
+def test_a_bridge_is_found_through_either_driver(cloud, lv, clock, hv1, hv2, db01, interface_driver,
+                                                 node_device_driver, bridge_on_destination):
+    db01.devices = BRIDGED
+    hv1.interfaces["br-prod"] = True
+    if bridge_on_destination:
+        hv2.interfaces["br-prod"] = False  # a bridge without ports: operstate unknown, still usable
+    hv2.interface_driver, hv2.node_device_driver = interface_driver, node_device_driver
+    result = run_preflight(lv, clock)
+    [network] = [f for f in result["findings"] if f["check"] == "network"]
+    if bridge_on_destination:
+        assert (network["status"], result["ok"]) == ("ok", True), network
+        assert "bridge br-prod is active on hv2" in network["message"]
+    else:
+        assert (network["status"], result["ok"]) == ("fail", False), network
+        assert "hv2 has no bridge br-prod" in network["message"]
+
+
+def test_a_bridge_neither_driver_can_see_is_a_warning(cloud, lv, clock, hv1, hv2, db01):
+    db01.devices = BRIDGED
+    hv2.interface_driver = hv2.node_device_driver = False
+    result = run_preflight(lv, clock)
+    [network] = [f for f in result["findings"] if f["check"] == "network"]
+    assert network["status"] == "warn"
+    assert "virInterfaceLookupByName" in network["message"] and "virConnectListAllNodeDevices" in network["message"]
+    assert network["fix"] == "check by hand on hv2: ip link show br-prod"
+
+
 def test_intel_to_amd_with_a_portable_model_passes(lv, clock, hv2, db01):
     db01.cpu = AES_GUEST_CPU
     hv2.cpu_vendor = "AMD"

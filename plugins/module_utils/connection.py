@@ -20,6 +20,7 @@ import traceback
 from urllib.parse import urlsplit
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError, libvirt_errors
+from ansible_collections.kvm.live_migration.plugins.module_utils.features import dotted_version
 from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml import parse_capabilities
 
 try:
@@ -189,16 +190,20 @@ class Hypervisor:
         domain is gone from this host afterwards (undefined after migrating away) and when the
         destination keeps none (post-copy).
         """
+        return self._watch(domain, "VIR_DOMAIN_EVENT_ID_JOB_COMPLETED",
+                           lambda _conn, _domain, stats, _opaque: callback(dict(stats)))
+
+    def watch_migration_iterations(self, domain, callback):
+        """Call ``callback(pass)`` as each pass of the domain's outgoing migration begins; returns a stopper."""
+        return self._watch(domain, "VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION",
+                           lambda _conn, _domain, iteration, _opaque: callback(int(iteration)))
+
+    def _watch(self, domain, event_name, deliver):
         if not self.events:
             raise MigrationError(f"the connection to {self.uri} was opened without events",
                                  fix="open the Hypervisor with events=True")
-
-        def deliver(_conn, _domain, stats, _opaque):
-            callback(dict(stats))
-
         with libvirt_errors(self.lv, f"watching the jobs of {domain.name()!r} on {self.uri}"):
-            callback_id = self.conn.domainEventRegisterAny(domain, self.lv.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
-                                                           deliver, None)
+            callback_id = self.conn.domainEventRegisterAny(domain, getattr(self.lv, event_name), deliver, None)
 
         def stop():
             with contextlib.suppress(self.lv.libvirtError):
@@ -240,11 +245,6 @@ def client_versions(libvirt_module=None):
     except importlib.metadata.PackageNotFoundError:
         binding = None  # a distribution package (python3-libvirt) without pip metadata
     return {"libvirt_python": binding, "libvirt_client": dotted_version(lv.getVersion())}
-
-
-def dotted_version(version):
-    """libvirt encodes versions as major * 1,000,000 + minor * 1,000 + release."""
-    return f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
 
 
 def is_local_uri(uri):

@@ -17,47 +17,30 @@ import re
 _ERROR_LEVEL_NAMES = frozenset({"VIR_ERR_NONE", "VIR_ERR_WARNING", "VIR_ERR_ERROR"})
 
 # Known messages whose cause is outside libvirt's error code, matched on the message text.
-_MESSAGE_FIXES = (
-    (
-        re.compile(r"Attempt to migrate guest to the same host", re.IGNORECASE),
+_MESSAGE_FIXES = {  # pattern (case-insensitive) -> fix
+    r"Attempt to migrate guest to the same host":
         "the two hypervisors report the same host UUID: give each a unique host_uuid in "
         "/etc/libvirt/libvirtd.conf (or fix duplicate SMBIOS/machine-id UUIDs) and restart libvirtd",
-    ),
-    (
-        re.compile(r"Unable to resolve address", re.IGNORECASE),
+    r"Unable to resolve address":
         "the source cannot resolve the destination's host name: add it to DNS or /etc/hosts on the "
         "source, or pass migrate_uri with an address",
-    ),
-    (
-        re.compile(r"Postcopy is not supported", re.IGNORECASE),
+    r"Postcopy is not supported":
         "set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user), or give it "
         "libvirt >= 10.1 and QEMU >= 8.1, which use /dev/userfaultfd, or do not permit post-copy",
-    ),
-    (
-        re.compile(r"Host key verification failed|No route to host|Connection refused|Permission denied \(publickey",
-                   re.IGNORECASE),
+    r"Host key verification failed|No route to host|Connection refused|Permission denied \(publickey":
         "check that the source reaches the destination over SSH as the libvirtd user "
         "(key trust, known_hosts, firewall) with: ssh DESTINATION virsh -c qemu:///system version",
-    ),
-    (
-        re.compile(r"x509|certificate|TLS", re.IGNORECASE),
+    r"x509|certificate|TLS":
         "check the libvirt/QEMU TLS certificates on both hosts (migrate_tls_x509_cert_dir in qemu.conf)",
-    ),
-    (
-        re.compile(r"Cannot get interface MTU on '[^']*': No such device", re.IGNORECASE),
+    r"Cannot get interface MTU on '[^']*': No such device":
         "the destination lacks the bridge or network device the guest's interface uses: create it there "
         "(kvm.live_migration.preflight names it before anything moves)",
-    ),
-    (
-        re.compile(r"guest CPU doesn't match specification: missing features", re.IGNORECASE),
+    r"guest CPU doesn't match specification: missing features":
         "the destination's CPU lacks features of the guest's CPU: give the guest a CPU model both hosts provide "
         "(kvm.live_migration.preflight names the features)",
-    ),
-    (
-        re.compile(r"unsupported configuration: .*(cannot migrate|not migratable|hostdev)", re.IGNORECASE),
+    r"unsupported configuration: .*(cannot migrate|not migratable|hostdev)":
         "remove or hot-unplug the devices that block migration (host devices, non-migratable devices)",
-    ),
-)
+}
 
 # Fixes keyed by libvirt error code name, used when no message pattern matched.
 _CODE_FIXES = {
@@ -81,12 +64,13 @@ _CODE_FIXES = {
 class MigrationError(Exception):
     """A failure with what failed, the libvirt error code (if any) and the fix."""
 
-    def __init__(self, message, fix=None, code=None, code_name=None):
+    def __init__(self, message, fix=None, code=None, code_name=None, result=None):
         super().__init__(message)
         self.message = message
         self.fix = fix
         self.code = code
         self.code_name = code_name
+        self.result = result  # the migration result so far, when the failure came after the job started
 
     def __str__(self):
         text = self.message
@@ -109,8 +93,8 @@ def error_code_name(libvirt_module, code):
 
 
 def fix_for(message, code_name):
-    for pattern, fix in _MESSAGE_FIXES:
-        if pattern.search(message or ""):
+    for pattern, fix in _MESSAGE_FIXES.items():
+        if re.search(pattern, message or "", re.IGNORECASE):
             return fix
     return _CODE_FIXES.get(code_name)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import mmap
 import os
 import re
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ansible_collections.kvm.live_migration.plugins.module_utils.connection import dotted_version
+from ansible_collections.kvm.live_migration.plugins.module_utils.features import dotted_version
 
 KVM_MODULES = ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm")
 HARDWARE_FLAGS = {"vmx": "Intel VT-x", "svm": "AMD-V"}
@@ -377,6 +378,22 @@ def read_migration_config(root="/", versions=None):
 def read_mounts(root="/"):
     """This host's /proc/mounts; empty when it cannot be read."""
     return _read(Path(root) / "proc/mounts") or ""
+
+
+class LocalFilesystems:
+    """The file system type of a path on the host running the module, /proc/mounts read once; None for all
+    paths when the module does not run on the host in question (``local`` false)."""
+
+    def __init__(self, root="/", local=True):
+        self.root = root
+        self.local = local
+
+    @functools.cached_property
+    def _mounts(self):
+        return read_mounts(self.root)
+
+    def type_of(self, path):
+        return filesystem_of(path, self._mounts)[1] if self.local else None
 
 
 def filesystem_of(path, mounts_text):

@@ -10,18 +10,17 @@ keys in every entry of a list.
 from __future__ import annotations
 
 import contextlib
-import functools
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ansible_collections.kvm.live_migration.plugins.module_utils.connection import binding_names, dotted_version
+from ansible_collections.kvm.live_migration.plugins.module_utils.connection import binding_names
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import libvirt_errors
+from ansible_collections.kvm.live_migration.plugins.module_utils.features import dotted_version, host_features
 from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import (
-    filesystem_of,
+    LocalFilesystems,
     probe_kvm,
     read_kernel_view,
     read_migration_config,
-    read_mounts,
     virtualization_status,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml import (
@@ -29,44 +28,6 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml impo
     SHARED_POOL_TYPES,
     parse_guest,
 )
-from ansible_collections.kvm.live_migration.plugins.module_utils.policy import FEATURE_NEEDS
-
-# (feature, binding names it needs, lowest libvirt, lowest QEMU, first QEMU without it), versions as libvirt
-# encodes them. The binding names tell what the Python binding and client library know; the versions
-# what the daemon and QEMU of this host implement. The features the convergence engine uses come from
-# its own table, so host_info reports exactly what a migration will detect.
-MIGRATION_FEATURES = (
-    *((feature, needs, lowest_libvirt, lowest_qemu, None) for feature, needs, lowest_libvirt, lowest_qemu
-      in FEATURE_NEEDS),
-    ("parallel", ("VIR_MIGRATE_PARALLEL", "VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS"), 5_002_000, 4_000_000, None),
-    ("compression.xbzrle", ("VIR_MIGRATE_COMPRESSED",), 1_000_003, 1_002_000, None),
-    ("compression.mt", ("VIR_MIGRATE_PARAM_COMPRESSION",), 1_003_004, 2_004_000, 9_001_000),
-    ("compression.zlib", ("VIR_MIGRATE_PARAM_COMPRESSION", "VIR_MIGRATE_PARALLEL"), 9_004_000, 5_000_000, None),
-    ("compression.zstd", ("VIR_MIGRATE_PARAM_COMPRESSION", "VIR_MIGRATE_PARALLEL"), 9_004_000, 5_000_000, None),
-    ("zero_copy", ("VIR_MIGRATE_ZEROCOPY",), 8_005_000, 7_001_000, None),
-)
-
-
-def migration_features(names, versions, post_copy=None):
-    """[{name, supported, reason}] for this host; ``post_copy`` is post_copy_status() when read locally."""
-    features = []
-    for feature, needs, lowest_libvirt, lowest_qemu, removed_in in MIGRATION_FEATURES:
-        missing = [name for name in needs if name not in names]
-        if missing:
-            supported, reason = False, f"the libvirt Python binding lacks {', '.join(missing)}"
-        elif versions["libvirt"] < lowest_libvirt:
-            supported, reason = False, f"needs libvirt {dotted_version(lowest_libvirt)} or later"
-        elif versions["hypervisor"] < lowest_qemu:
-            supported, reason = False, f"needs QEMU {dotted_version(lowest_qemu)} or later"
-        elif removed_in is not None and versions["hypervisor"] >= removed_in:
-            supported, reason = False, f"removed in QEMU {dotted_version(removed_in)}"
-        else:
-            supported, reason = True, f"libvirt {dotted_version(versions['libvirt'])} and QEMU " \
-                                      f"{dotted_version(versions['hypervisor'])} support it"
-        if feature == "post_copy" and supported and post_copy and post_copy["possible"] is False:
-            supported, reason = False, post_copy["reason"]
-        features.append({"name": feature, "supported": supported, "reason": reason})
-    return features
 
 
 def remote_view_reason(uri):
@@ -85,6 +46,7 @@ class HostInfo:
         self.local = local
         self.probe = probe
         self.root = Path(root)
+        self.filesystems = LocalFilesystems(self.root, local)
 
     def gather(self, domain_names=None):
         capabilities = self.hypervisor.capabilities()
@@ -94,8 +56,8 @@ class HostInfo:
         return {
             "host": host,
             "virtualization": self._virtualization(capabilities),
-            "migration_features": migration_features(binding_names(self.lv), versions,
-                                                     None if config is None else config["post_copy"]),
+            "migration_features": host_features(binding_names(self.lv), versions,
+                                                None if config is None else config["post_copy"]),
             "domains": self._domains(domain_names),
         }
 
@@ -181,7 +143,7 @@ class HostInfo:
     def _disk_facts(self, disk):
         facts = disk.as_dict()
         pool = self._pool_of(disk.path) if disk.path else None
-        filesystem = self._filesystem(disk.path) if disk.path and disk.kind == "file" else None
+        filesystem = self.filesystems.type_of(disk.path) if disk.path and disk.kind == "file" else None
         shared, why = storage_sharing(disk, pool, filesystem)
         facts.update(pool=None if pool is None else pool[0], pool_type=None if pool is None else pool[1],
                      filesystem=filesystem, shared=shared, shared_reason=why)
@@ -201,13 +163,6 @@ class HostInfo:
             return pool.name(), pool_type(pool.XMLDesc(0))
         except self.lv.libvirtError:
             return None
-
-    @functools.cached_property
-    def _mounts(self):
-        return read_mounts(self.root)
-
-    def _filesystem(self, path):
-        return filesystem_of(path, self._mounts)[1] if self.local else None
 
 
 def pool_type(pool_xml):

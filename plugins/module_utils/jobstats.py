@@ -127,5 +127,15 @@ class Timeline:
         self.last = sample
         self._passes[sample.iteration] = timeline_entry(sample, downtime_limit_ms)
 
-    def entries(self):
-        return [self._passes[key] for key in sorted(self._passes)]
+    def entries(self, passes=None, started_ms=None):
+        """One entry per pass, 1 to ``passes`` (or the last sampled pass). A pass that began and ended
+        between two samples has the time its MIGRATION_ITERATION event came (``started_ms``, by pass)
+        and nothing measured: ``sampled`` tells them apart."""
+        started_ms = started_ms or {}
+        last = max([passes or 0, *self._passes])
+        return [{**self._passes[number], "sampled": True} if number in self._passes else
+                {**dict.fromkeys(UNSAMPLED_KEYS), "pass": number, "time_ms": started_ms.get(number), "sampled": False}
+                for number in range(1, last + 1)]
+
+
+UNSAMPLED_KEYS = tuple(timeline_entry(JobSample(time_ms=0), None))

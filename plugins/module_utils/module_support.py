@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import client_versions
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
-from ansible_collections.kvm.live_migration.plugins.module_utils.migration import TRANSPORTS
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import TRANSPORTS
 
 # Options of every module that acts on a guest and a pair of hypervisors (migrate, preflight).
 PAIR_ARGUMENT_SPEC = {
@@ -23,9 +25,25 @@ PAIR_ARGUMENT_SPEC = {
 PAIR_CONSTRAINTS = {"required_one_of": [("dest_uri", "dest_host")], "mutually_exclusive": [("dest_uri", "dest_host")]}
 
 
+# Module options whose request field has another name (the unit), and those that become tuples.
+_FIELD_OF_OPTION = {"bandwidth": "bandwidth_mib", "timeout": "timeout_s", "poll_interval": "poll_interval_s"}
+_TUPLE_OPTIONS = ("compression", "migrate_disks")
+
+
 def destination_uri(params):
     """dest_uri, or the qemu+ssh:// URI that dest_host stands for."""
     return params["dest_uri"] or f"qemu+ssh://{params['dest_host']}/system"
+
+
+def build_request(request_class, params):
+    """``request_class`` (a request dataclass) from a module's params: every option that names one of its fields."""
+    fields = {field.name for field in dataclasses.fields(request_class)}
+    values = {}
+    for option, value in params.items():
+        name = _FIELD_OF_OPTION.get(option, option)
+        if name in fields:
+            values[name] = tuple(value or ()) if option in _TUPLE_OPTIONS else value
+    return request_class(**{**values, "dest_uri": destination_uri(params)})
 
 
 def run_engine(module, work, libvirt_import_error):
@@ -35,5 +53,6 @@ def run_engine(module, work, libvirt_import_error):
     try:
         return work()
     except MigrationError as error:
-        module.fail_json(msg=str(error), error=error.as_dict(), versions=client_versions())
+        partial = {} if error.result is None else {"migration": error.result, "changed": True}
+        module.fail_json(msg=str(error), error=error.as_dict(), versions=client_versions(), **partial)
         raise  # not reached: fail_json exits

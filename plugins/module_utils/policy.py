@@ -22,7 +22,7 @@ picks the starting strategy.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 MIB = 1024 * 1024
 
@@ -55,52 +55,6 @@ POST_COPY_GAIN = 1.25
 
 
 @dataclass(frozen=True)
-class Features:
-    """Which convergence features both hosts' libvirt and QEMU support for this migration."""
-
-    auto_converge: bool = True
-    post_copy: bool = True
-    dirty_rate: bool = True
-    reasons: dict = field(default_factory=dict)  # feature -> why it is unavailable
-
-    def without(self, feature, reason):
-        return replace(self, **{feature: False}, reasons={**self.reasons, feature: reason})
-
-
-# (feature, binding names it needs, lowest libvirt, lowest QEMU), versions encoded as libvirt does.
-FEATURE_NEEDS = (
-    ("auto_converge", ("VIR_MIGRATE_AUTO_CONVERGE", "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL",
-                       "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT"), 2_000_000, 2_000_000),
-    ("post_copy", ("VIR_MIGRATE_POSTCOPY", "migrateStartPostCopy"), 1_003_003, 2_005_000),
-    ("dirty_rate", ("VIR_DOMAIN_STATS_DIRTYRATE", "startDirtyRateCalc"), 7_002_000, 5_002_000),
-)
-
-
-def detect_features(binding_names, source_versions, destination_versions, transport):
-    """Features both hosts support, from the binding's names and the hosts' version numbers.
-
-    ``*_versions`` are {"libvirt": int, "hypervisor": int} as ``Hypervisor.version_numbers`` returns.
-    """
-    features = Features()
-    for feature, names, lowest_libvirt, lowest_qemu in FEATURE_NEEDS:
-        missing = [name for name in names if name not in binding_names]
-        hosts = [source_versions] if feature == "dirty_rate" else [source_versions, destination_versions]
-        if missing:
-            features = features.without(feature, f"the libvirt Python binding lacks {', '.join(missing)}")
-        elif any(versions["libvirt"] < lowest_libvirt for versions in hosts):
-            features = features.without(feature, f"needs libvirt {_dotted(lowest_libvirt)} or later on both hosts")
-        elif any(versions["hypervisor"] < lowest_qemu for versions in hosts):
-            features = features.without(feature, f"needs QEMU {_dotted(lowest_qemu)} or later on both hosts")
-    if transport == "ssh" and features.post_copy:
-        features = features.without("post_copy", "tunnelled (transport: ssh) migration cannot switch to post-copy")
-    return features
-
-
-def _dotted(version):
-    return f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
-
-
-@dataclass(frozen=True)
 class Policy:
     """The user's convergence settings."""
 
@@ -122,7 +76,7 @@ class Policy:
 
     def usable(self, features):
         """The escalation rungs this migration may use, in ladder order (abort is always last)."""
-        rungs = ["raise_downtime"]
+        rungs = ["set_downtime"]
         if self.allow_auto_converge and features.auto_converge:
             rungs.append("auto_converge")
         if self.allow_post_copy and features.post_copy:
@@ -251,7 +205,7 @@ class Steering:
     """Where the migration is on the ladder; ``steer`` returns the next Steering."""
 
     downtime_limit_ms: int
-    rungs: tuple = ("raise_downtime", "abort")
+    rungs: tuple = ("set_downtime", "abort")
     start_post_copy: bool = False
     last_pass: int = 0
     stalled_passes: int = 0
@@ -320,7 +274,7 @@ def _note_throttle(steering, sample):
 
 
 def _escalated(steering):
-    return any(rung != "raise_downtime" for rung in steering.climbed)
+    return any(rung != "set_downtime" for rung in steering.climbed)
 
 
 def _judge(steering, sample, policy):
@@ -360,7 +314,7 @@ def _climb(steering, sample, policy):
     if _throttle_still_rising(steering, sample, policy):
         return ()
     for rung in steering.rungs:
-        if rung == "raise_downtime" or rung in steering.climbed:
+        if rung == "set_downtime" or rung in steering.climbed:
             continue
         if rung == "auto_converge":
             throttle = sample.throttle_pct
@@ -394,7 +348,7 @@ def _taken(steering, steps, verdicts, sample):
     limit = steering.downtime_limit_ms
     index = steering.steps_taken
     for step in steps:
-        rung = "raise_downtime" if step.what == "set_downtime" else step.what
+        rung = step.what
         if rung not in climbed:
             climbed.append(rung)
         if step.what == "set_downtime":

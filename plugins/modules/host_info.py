@@ -20,17 +20,18 @@ description:
   - Reports every guest (or those in O(domains)) with its state, memory, vCPUs, CPU definition, disks (with whether
     they live on shared storage), interfaces (with their networks and bridges) and the devices that block migration.
   - Facts read from the kernel and files (virtualization, post-copy, TLS, ports) need the module to run on the
-    hypervisor itself with a local O(uri); with a remote URI they are V(null) with the reason.
+    hypervisor itself with a local O(source_uri); with a remote URI they are V(null) with the reason.
   - Results are lists of dicts with integer sizes, ready for C(json_query) and C(selectattr).
 author:
   - kvm.live_migration maintainers (@kvm-live-migration)
 options:
-  uri:
+  source_uri:
     description:
-      - libvirt URI of the hypervisor to describe.
+      - libvirt URI of the hypervisor to describe, named as in the other modules of this collection.
+      - O(uri) is the older name, kept as an alias.
     type: str
     default: qemu:///system
-    aliases: [source_uri]
+    aliases: [uri]
   domains:
     description:
       - Names or UUIDs of the guests to describe. All guests when omitted; V([]) for none.
@@ -235,15 +236,15 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.hostinfo import
 from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import run_engine
 
 ARGUMENT_SPEC = {
-    "uri": {"type": "str", "default": "qemu:///system", "aliases": ["source_uri"]},
+    "source_uri": {"type": "str", "default": "qemu:///system", "aliases": ["uri"]},
     "domains": {"type": "list", "elements": "str"},
     "probe_kvm": {"type": "bool", "default": True},
 }
 
 
 def gather(params):
-    with Hypervisor(params["uri"]) as hypervisor:
-        return HostInfo(hypervisor, local=is_local_uri(params["uri"]), probe=params["probe_kvm"]).gather(
+    with Hypervisor(params["source_uri"]) as hypervisor:
+        return HostInfo(hypervisor, local=is_local_uri(params["source_uri"]), probe=params["probe_kvm"]).gather(
             params["domains"])
 
 

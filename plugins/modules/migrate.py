@@ -32,37 +32,6 @@ description:
 author:
   - kvm.live_migration maintainers (@kvm-live-migration)
 options:
-  name:
-    description:
-      - Name or UUID of the guest to migrate.
-    type: str
-    required: true
-  dest_uri:
-    description:
-      - libvirt URI of the destination hypervisor, as the source libvirtd reaches it (peer-to-peer).
-      - Required unless O(dest_host) is given.
-    type: str
-  dest_host:
-    description:
-      - Host name of the destination hypervisor. Shorthand for O(dest_uri=qemu+ssh://DEST_HOST/system).
-      - The source's libvirtd (usually root) must trust the destination's SSH host key and log in with a key.
-    type: str
-  transport:
-    description:
-      - How the guest's memory travels.
-      - V(tls) uses QEMU's native TLS; both hosts need libvirt's migration certificates.
-      - V(ssh) tunnels the data through the libvirt connection (O(dest_uri) must be C(qemu+ssh://)); slower, and it
-        cannot be combined with post-copy or parallel connections.
-      - V(tcp) sends the data unencrypted and is refused unless O(allow_insecure=true).
-    type: str
-    choices: [tls, ssh, tcp]
-    default: tls
-  allow_insecure:
-    description:
-      - Permit O(transport=tcp), which sends guest memory across the network in the clear.
-      - Only for a trusted, isolated migration network.
-    type: bool
-    default: false
   bandwidth:
     description:
       - Bandwidth cap of the migration in MiB/s. V(0) leaves libvirt's default.
@@ -173,6 +142,7 @@ options:
     default: 0.25
 extends_documentation_fragment:
   - kvm.live_migration.libvirt
+  - kvm.live_migration.pair
   - kvm.live_migration.attributes
   - kvm.live_migration.attributes.actiongroups
 attributes:
@@ -244,7 +214,10 @@ migration:
       type: str
       sample: completed
     owner:
-      description: Host name of the hypervisor that runs the guest at the end, checked on both sides.
+      description:
+        - Host name of the hypervisor that runs the guest at the end, checked on both sides.
+        - C(unknown) when the module could not leave the guest running on exactly one host; then the task fails
+          with what to do, and RV(migration.hosts) says what each host showed.
       type: str
       sample: hv2
     source:
@@ -322,33 +295,41 @@ migration:
                "throttle_step_pct": 9, "measure_time_ms": 1100,
                "why": "pre-copy would finish never (ratio 2.00); post-copy sends each page about once, about 8 s"}
     timeline:
-      description: One entry per pass.
+      description:
+        - One entry per pass, from pass 1 to RV(migration.passes).
+        - A pass that began and ended between two polls has C(sampled=false), the time its MIGRATION_ITERATION
+          event came (or V(null)), and V(null) for what was not measured.
       type: list
       elements: dict
       sample: [{"pass": 1, "time_ms": 500, "remaining_bytes": 400000000, "processed_bytes": 33554432,
                 "dirty_rate_bps": 0, "transfer_rate_bps": 67108864, "ratio": null, "expected_downtime_ms": 500,
-                "throttle_pct": 0, "downtime_limit_ms": 500}]
+                "throttle_pct": 0, "downtime_limit_ms": 500, "sampled": true}]
     error:
       description: The libvirt error that ended a failed migration (message, fix, code, code_name).
       type: dict
       sample: null
+    hosts:
+      description: The guest's state on each host at the module's last look (C(running), C(paused), C(shutoff), ...
+        or C(absent)).
+      type: dict
+      sample: {"source": "absent", "destination": "running"}
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import LIBVIRT_IMPORT_ERROR, Hypervisor
-from ansible_collections.kvm.live_migration.plugins.module_utils.migration import (
-    COMPRESSION_METHODS,
-    COPY_STORAGE,
-    MigrationRequest,
-    MigrationRunner,
-    validate_request,
-)
+from ansible_collections.kvm.live_migration.plugins.module_utils.migration import MigrationRunner
 from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import (
     PAIR_ARGUMENT_SPEC,
     PAIR_CONSTRAINTS,
-    destination_uri,
+    build_request,
     run_engine,
+)
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import (
+    COMPRESSION_METHODS,
+    COPY_STORAGE,
+    MigrationRequest,
+    validate_request,
 )
 
 ARGUMENT_SPEC = {
@@ -374,35 +355,9 @@ ARGUMENT_SPEC = {
 }
 
 
-def build_request(params):
-    return MigrationRequest(
-        name=params["name"],
-        dest_uri=destination_uri(params),
-        transport=params["transport"],
-        allow_insecure=params["allow_insecure"],
-        bandwidth_mib=params["bandwidth"],
-        max_downtime_ms=params["max_downtime_ms"],
-        persistent=params["persistent"],
-        undefine_source=params["undefine_source"],
-        migrate_uri=params["migrate_uri"],
-        listen_address=params["listen_address"],
-        timeout_s=params["timeout"],
-        max_data_factor=params["max_data_factor"],
-        poll_interval_s=params["poll_interval"],
-        convergence_threshold=params["convergence_threshold"],
-        stall_passes=params["stall_passes"],
-        allow_auto_converge=params["allow_auto_converge"],
-        allow_post_copy=params["allow_post_copy"],
-        measure_dirty_rate=params["measure_dirty_rate"],
-        parallel_connections=params["parallel_connections"],
-        compression=tuple(params["compression"] or ()),
-        copy_storage=params["copy_storage"],
-        migrate_disks=tuple(params["migrate_disks"] or ()),
-    )
-
-
 def run_migration(params, check_mode):
-    request = validate_request(build_request(params))  # a bad option is reported before any connection
+    # A bad option is reported before any connection.
+    request = validate_request(build_request(MigrationRequest, params))
     with (Hypervisor(params["source_uri"]) as source, Hypervisor(params["source_uri"], events=True) as monitor,
           Hypervisor(request.dest_uri) as destination):
         return MigrationRunner(source, monitor, destination, request).run(check_mode=check_mode)

@@ -20,7 +20,7 @@ author:
 options:
   name:
     description:
-      - Name or UUID of the guest.
+      - Name or UUID of the guest whose migration job to read, on the source hypervisor.
     type: str
     required: true
 extends_documentation_fragment:
@@ -116,7 +116,7 @@ completed:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import LIBVIRT_IMPORT_ERROR, Hypervisor
-from ansible_collections.kvm.live_migration.plugins.module_utils.migration import read_job
+from ansible_collections.kvm.live_migration.plugins.module_utils.jobs import read_job
 from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import run_engine
 
 ARGUMENT_SPEC = {

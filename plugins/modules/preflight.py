@@ -30,30 +30,6 @@ description:
 author:
   - kvm.live_migration maintainers (@kvm-live-migration)
 options:
-  name:
-    description:
-      - Name or UUID of the guest.
-    type: str
-    required: true
-  dest_uri:
-    description:
-      - libvirt URI of the destination, as for M(kvm.live_migration.migrate).
-    type: str
-  dest_host:
-    description:
-      - Host name of the destination; shorthand for O(dest_uri=qemu+ssh://DEST_HOST/system).
-    type: str
-  transport:
-    description:
-      - The transport the migration will use (V(tls), V(ssh) or V(tcp)), as for M(kvm.live_migration.migrate).
-    type: str
-    choices: [tls, ssh, tcp]
-    default: tls
-  allow_insecure:
-    description:
-      - Whether O(transport=tcp) is permitted.
-    type: bool
-    default: false
   migrate_uri:
     description:
       - The address the migration stream will use, when not the destination's host name.
@@ -110,6 +86,7 @@ options:
     default: false
 extends_documentation_fragment:
   - kvm.live_migration.libvirt
+  - kvm.live_migration.pair
   - kvm.live_migration.attributes
   - kvm.live_migration.attributes.actiongroups
   - kvm.live_migration.attributes.info_module
@@ -193,15 +170,14 @@ name:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import LIBVIRT_IMPORT_ERROR, Hypervisor
-from ansible_collections.kvm.live_migration.plugins.module_utils.migration import COPY_STORAGE
 from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import (
     PAIR_ARGUMENT_SPEC,
     PAIR_CONSTRAINTS,
-    destination_uri,
+    build_request,
     run_engine,
 )
-from ansible_collections.kvm.live_migration.plugins.module_utils.policy import Policy
-from ansible_collections.kvm.live_migration.plugins.module_utils.preflight import Preflight, PreflightRequest
+from ansible_collections.kvm.live_migration.plugins.module_utils.preflight import Preflight
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import COPY_STORAGE, PreflightRequest
 
 ARGUMENT_SPEC = {
     **PAIR_ARGUMENT_SPEC,
@@ -219,25 +195,8 @@ ARGUMENT_SPEC = {
 }
 
 
-def build_request(params):
-    return PreflightRequest(
-        name=params["name"],
-        dest_uri=destination_uri(params),
-        transport=params["transport"],
-        allow_insecure=params["allow_insecure"],
-        migrate_uri=params["migrate_uri"],
-        copy_storage=params["copy_storage"],
-        migrate_disks=tuple(params["migrate_disks"] or ()),
-        memory_margin_mib=params["memory_margin_mib"],
-        measure_dirty_rate=params["measure_dirty_rate"],
-        bandwidth_mib=params["bandwidth"],
-        policy=Policy(threshold=params["convergence_threshold"], max_downtime_ms=params["max_downtime_ms"],
-                      allow_auto_converge=params["allow_auto_converge"], allow_post_copy=params["allow_post_copy"]),
-    )
-
-
 def run_preflight(params):
-    request = build_request(params)
+    request = build_request(PreflightRequest, params)
     with Hypervisor(params["source_uri"]) as source:
         return Preflight(source, request).run()
 

@@ -47,6 +47,10 @@ migration = json.load(open(sys.argv[1]))["migration"]
 print(f"demo: full result in {sys.argv[1]}")
 print(f"{'pass':>4} {'time ms':>8} {'remaining MiB':>14} {'dirty MiB/s':>12} {'sent MiB/s':>11} {'ratio':>6}")
 for entry in migration["timeline"]:
+    if not entry["sampled"]:  # the pass went by between two polls
+        when = "-" if entry["time_ms"] is None else entry["time_ms"]
+        print(f"{entry['pass']:>4} {when:>8} {'(between polls)':>14}")
+        continue
     ratio = "-" if entry["ratio"] is None else f"{entry['ratio']:.2f}"
     print(f"{entry['pass']:>4} {entry['time_ms']:>8} {entry['remaining_bytes'] / 2**20:>14.1f} "
           f"{entry['dirty_rate_bps'] / 2**20:>12.1f} {entry['transfer_rate_bps'] / 2**20:>11.1f} {ratio:>6}")

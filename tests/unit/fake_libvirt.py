@@ -97,6 +97,7 @@ CONSTANTS = {
     "VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS": "parallel.connections",
     "VIR_MIGRATE_PARAM_COMPRESSION": "compression",
     "VIR_MIGRATE_PARAM_MIGRATE_DISKS": "migrate_disks",
+    "VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION": 20,
     "VIR_DOMAIN_EVENT_ID_JOB_COMPLETED": 21,
     # Host and guest descriptions.
     "VIR_NODE_MEMORY_STATS_ALL_CELLS": -1,
@@ -188,6 +189,7 @@ class Migration:
     start_error: libvirtError | None = None  # migrateToURI3 fails at once with this (before any sample)
     post_copy_refusals: int = 0  # migrateStartPostCopy raises this many times before it works
     completes_at_downtime: int | None = None  # a downtime limit at least this high ends the migration
+    states_after: dict | None = None  # {"source"|"destination": state} each host shows once the job ended
     # Recorded:
     dconnuri: str | None = None
     params: dict | None = None
@@ -199,6 +201,7 @@ class Migration:
     post_copy_at: int | None = None  # samples left when post-copy started
     dirty_rate_calcs: list = field(default_factory=list)
     outcome: str | None = None  # completed, failed or aborted
+    announced_pass: int = 0  # the last pass a MIGRATION_ITERATION event announced
 
     def __post_init__(self):
         self.samples = list(self.samples)
@@ -227,6 +230,7 @@ class Guest:
     domain_type: str = "qemu"
     job_type: int = 0  # jobInfo()[0] outside a scripted migration (another job holds the guest)
     block_sizes: dict = field(default_factory=dict)  # target -> capacity in bytes
+    refuses: tuple = ()  # "destroy", "resume": these calls fail, as on a daemon that lost its QEMU monitor
 
     def xml(self):
         return (f"<domain type='{self.domain_type}'><name>{self.name}</name><uuid>{self.uuid}</uuid>"
@@ -288,7 +292,7 @@ class FakeCloud:
         self.error_handler = None
         self.client_version = 9_000_000
         self.event_loop = False  # virEventRegisterDefaultImpl was called
-        self.event_callbacks = {}  # callback id -> (connection, guest uuid, callback)
+        self.event_callbacks = {}  # callback id -> (connection, guest uuid, event id, callback)
         self.libvirt = make_libvirt(self)
 
     def add_host(self, hostname, *uris, host_uuid=None, **options):
@@ -458,15 +462,22 @@ class FakeConnection:
         return self._host().qemu_version
 
     def domainEventRegisterAny(self, domain, event_id, callback, opaque):
-        assert event_id == C.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, "the fake only sends JOB_COMPLETED"
+        assert event_id in (C.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, C.VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION), \
+            "the fake only sends JOB_COMPLETED and MIGRATION_ITERATION"
         assert self.cloud.event_loop, "libvirt sends no events before virEventRegisterDefaultImpl"
         callback_id = next(_CALLBACK_IDS)
 
-        def deliver(stats):
-            callback(self, domain, stats, opaque)
+        def deliver(value):
+            callback(self, domain, value, opaque)
 
-        self.cloud.event_callbacks[callback_id] = (self, domain._uuid, deliver)
+        self.cloud.event_callbacks[callback_id] = (self, domain._uuid, event_id, deliver)
         return callback_id
+
+    def send_event(self, guest, event_id, value):
+        """Deliver an event of ``guest`` to every connection to this host that watches it."""
+        for connection, guest_uuid, watched_id, deliver in list(self.cloud.event_callbacks.values()):
+            if connection.host is self.host and guest_uuid == guest.uuid and watched_id == event_id:
+                deliver(value)
 
     def domainEventDeregisterAny(self, callback_id):
         if self.cloud.event_callbacks.pop(callback_id, None) is None:
@@ -622,9 +633,15 @@ class FakeDomain:
                 job.samples.clear()  # QEMU stops the guest for the last copy at once
             return 0
 
+    @staticmethod
+    def _refuse_if_asked(guest, call):
+        if call in guest.refuses:
+            raise libvirtError(f"internal error: cannot {call}: QEMU monitor is gone", C.VIR_ERR_INTERNAL_ERROR)
+
     def resume(self):
         with self.conn.cloud.lock:
             guest = self._guest()
+            self._refuse_if_asked(guest, "resume")
             if guest.state != C.VIR_DOMAIN_PAUSED:
                 raise libvirtError("Requested operation is not valid: domain is not paused",
                                    C.VIR_ERR_OPERATION_INVALID)
@@ -634,6 +651,7 @@ class FakeDomain:
     def destroy(self):
         with self.conn.cloud.lock:
             guest = self._guest()
+            self._refuse_if_asked(guest, "destroy")
             if guest.persistent:
                 guest.state, guest.reason = C.VIR_DOMAIN_SHUTOFF, 2  # SHUTOFF_DESTROYED
             else:
@@ -652,7 +670,9 @@ class FakeDomain:
             if not job.active:
                 return {"type": C.VIR_DOMAIN_JOB_NONE}
             if job.samples:
-                return dict(job.samples.pop(0))
+                sample = dict(job.samples.pop(0))
+                self._announce_passes(guest, job, sample.get("memory_iteration", 0))
+                return sample
             if job.failure is None:
                 self._complete(guest, job)
             else:
@@ -716,6 +736,23 @@ class FakeDomain:
             raise job.error
         return 0
 
+    def _force_states(self, guest, job):
+        hosts = {"source": self.conn.host, "destination": self.conn.cloud.hosts[job.dconnuri]}
+        for side, state in job.states_after.items():
+            host = hosts[side]
+            if state is None:
+                host.guests.pop(guest.name, None)
+            elif guest.name in host.guests:
+                host.guests[guest.name].state = state
+            else:
+                host.guests[guest.name] = replace(guest, state=state, persistent=False)
+
+    def _announce_passes(self, guest, job, iteration):
+        """MIGRATION_ITERATION for every pass begun since the last sample, as QEMU's source sends them."""
+        for number in range(job.announced_pass + 1, iteration + 1):
+            self.conn.send_event(guest, C.VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, number)
+        job.announced_pass = max(job.announced_pass, iteration)
+
     # -- how a migration ends (called with the cloud lock held) ---------------------------------
 
     def _complete(self, guest, job):
@@ -727,9 +764,8 @@ class FakeDomain:
         destination.guests[guest.name] = replace(guest, state=C.VIR_DOMAIN_RUNNING,
                                                  reason=C.VIR_DOMAIN_RUNNING_MIGRATED, persistent=persistent,
                                                  completed=kept)
-        for connection, guest_uuid, deliver in list(cloud.event_callbacks.values()):
-            if connection.host is source and guest_uuid == guest.uuid:
-                deliver(dict(job.completed))
+        self._announce_passes(guest, job, job.completed.get("memory_iteration", 0))
+        self.conn.send_event(guest, C.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, dict(job.completed))
         if job.flags & C.VIR_MIGRATE_UNDEFINE_SOURCE or not guest.persistent:
             del source.guests[guest.name]
         else:
@@ -748,6 +784,8 @@ class FakeDomain:
                 destination.guests[guest.name] = replace(guest, state=C.VIR_DOMAIN_RUNNING, persistent=False)
             if job.source_paused_after:
                 guest.state, guest.reason = C.VIR_DOMAIN_PAUSED, C.VIR_DOMAIN_PAUSED_MIGRATION
+        if job.states_after:
+            self._force_states(guest, job)
         job.outcome, job.error = outcome, error
         job.ended.set()
         self.conn.cloud.job_ended.set()

@@ -6,7 +6,9 @@ import pytest
 from conftest import DEST_URI
 from fake_libvirt import GIB, MIB, C, Migration, libvirtError, sample
 
-from ansible_collections.kvm.live_migration.plugins.module_utils.migration import MigrationRequest, MigrationResult
+from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import build_request
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import MigrationRequest
+from ansible_collections.kvm.live_migration.plugins.module_utils.result import MigrationResult
 from ansible_collections.kvm.live_migration.plugins.modules import migrate
 
 
@@ -39,7 +41,7 @@ def params(**changes):
     ids=["dest-host", "dest-uri", "every-option"],
 )
 def test_build_request(changes, expected):
-    assert migrate.build_request(params(**changes)) == expected
+    assert build_request(MigrationRequest, params(**changes)) == expected
 
 
 def result(**fields):
@@ -78,7 +80,9 @@ def test_main_completes(module, cloud):
                                             "downtime_ms", "error")} == {
         "status": "completed", "owner": "hv2", "source": "hv1", "destination": "hv2", "passes": 4,
         "total_time_ms": 1712, "downtime_ms": 31, "error": None}
-    assert [entry["pass"] for entry in migration["timeline"]] == [1]
+    # One entry per pass: pass 1 was sampled; passes 2-4 (the completed statistics count 4) went by unseen.
+    assert [(entry["pass"], entry["sampled"]) for entry in migration["timeline"]] == [
+        (1, True), (2, False), (3, False), (4, False)]
     throttle = {"auto_converge.initial": 98, "auto_converge.increment": 1}
     assert (job.dconnuri, job.params) == (DEST_URI, {"bandwidth": 128, **throttle})
     assert [conn.closed for conn in cloud.connections] == [True, True, True]
@@ -177,3 +181,23 @@ def test_main_without_the_binding(module, monkeypatch):
     assert outcome == "fail"
     assert "libvirt-python" in returned["msg"]
     assert returned["exception"] == "Traceback: No module named 'libvirt'"
+
+
+def test_main_returns_the_migration_when_the_guest_is_left_nowhere(module, cloud):
+    """The worst outcome keeps its result: status, owner unknown, what each host showed, actions, timeline."""
+    failure = libvirtError("operation failed: migration out job: connection reset", C.VIR_ERR_OPERATION_FAILED)
+    job = Migration(samples=[sample(1, remaining=GIB, processed=64 * MIB)], failure=failure,
+                    states_after={"source": C.VIR_DOMAIN_SHUTOFF, "destination": None})
+    cloud.add_guest(cloud.hosts["qemu:///system"], "web01", migration=job)
+
+    outcome, returned = module({"name": "web01", "dest_host": "hv2", "poll_interval": 0.05})
+
+    assert outcome == "fail"
+    assert returned["msg"].startswith("guest 'web01' runs on neither host after the migration (source: shutoff, "
+                                      "destination: absent)")
+    migration = returned["migration"]
+    assert (migration["status"], migration["owner"], migration["hosts"]) == (
+        "failed", "unknown", {"source": "shutoff", "destination": "absent"})
+    assert [entry["pass"] for entry in migration["timeline"]] == [1]
+    assert migration["error"]["message"] == ("the migration failed: operation failed: migration out job: "
+                                             "connection reset")

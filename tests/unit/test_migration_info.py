@@ -8,8 +8,8 @@ from fake_libvirt import GIB, MIB, C, Migration, completed_stats, sample
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
+from ansible_collections.kvm.live_migration.plugins.module_utils.jobs import read_job
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample, progress
-from ansible_collections.kvm.live_migration.plugins.module_utils.migration import read_job
 from ansible_collections.kvm.live_migration.plugins.modules import migration_info
 
 

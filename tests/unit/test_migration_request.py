@@ -9,15 +9,15 @@ from fake_libvirt import GIB, MIB, FakeCloud
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample
-from ansible_collections.kvm.live_migration.plugins.module_utils.migration import (
+from ansible_collections.kvm.live_migration.plugins.module_utils.migration import budget_exceeded
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import (
     MigrationRequest,
-    MigrationResult,
-    budget_exceeded,
     default_timeout_s,
     migration_flags,
     migration_params,
     validate_request,
 )
+from ansible_collections.kvm.live_migration.plugins.module_utils.result import MigrationResult
 
 LV = FakeCloud().libvirt
 REQUEST = MigrationRequest(name="web01", dest_uri="qemu+ssh://hv2/system")
@@ -148,4 +148,4 @@ def test_result_as_dict_keys():
     assert list(MigrationResult(status="completed", owner="hv2", source="hv1", destination="hv2").as_dict()) == [
         "status", "owner", "source", "destination", "strategy", "actions", "total_time_ms", "downtime_ms",
         "downtime_net_ms", "setup_time_ms", "data_sent_bytes", "data_total_bytes", "passes", "final_ratio",
-        "prediction", "timeline", "error"]
+        "prediction", "timeline", "error", "hosts"]

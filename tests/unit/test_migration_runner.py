@@ -8,7 +8,8 @@ from fake_libvirt import GIB, MIB, C, Migration, completed_stats, libvirtError, 
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
-from ansible_collections.kvm.live_migration.plugins.module_utils.migration import MigrationRequest, MigrationRunner
+from ansible_collections.kvm.live_migration.plugins.module_utils.migration import MigrationRunner
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import MigrationRequest
 
 STATE_NAMES = {C.VIR_DOMAIN_RUNNING: "running", C.VIR_DOMAIN_PAUSED: "paused", C.VIR_DOMAIN_SHUTOFF: "shutoff"}
 DEFAULT_FLAGS = (C.VIR_MIGRATE_LIVE | C.VIR_MIGRATE_PEER2PEER | C.VIR_MIGRATE_ABORT_ON_ERROR
@@ -57,6 +58,17 @@ def where(cloud, name="web01"):
     return found
 
 
+def unsampled(number, time_ms=None):
+    """A timeline entry for a pass no sample saw."""
+    return {"pass": number, "time_ms": time_ms, "remaining_bytes": None, "processed_bytes": None,
+            "dirty_rate_bps": None, "transfer_rate_bps": None, "ratio": None, "expected_downtime_ms": None,
+            "throttle_pct": None, "downtime_limit_ms": None, "sampled": False}
+
+
+def state_name(state):
+    return "absent" if state is None else STATE_NAMES[state]
+
+
 def action(what, why, pass_, time_ms, value=None, helped=None):
     return {"pass": pass_, "time_ms": time_ms, "what": what, "why": why, "value": value, "helped": helped}
 
@@ -68,21 +80,22 @@ def test_completed_result(cloud, hv1, clock):
     result = run(cloud, clock)
 
     assert result.changed is True
+    assert result.timeline.pop() == unsampled(4)  # the last pass ended before the next sample; no events here
     assert result.as_dict() == {
         "status": "completed", "owner": "hv2", "source": "hv1", "destination": "hv2", "strategy": "precopy",
         "actions": [], "total_time_ms": 1712, "downtime_ms": 31, "downtime_net_ms": 29, "setup_time_ms": 2,
         "data_sent_bytes": 1_200_000_000, "data_total_bytes": GIB, "passes": 4, "final_ratio": 0.125,
-        "prediction": UNCAPPED_PREDICTION, "error": None,
+        "prediction": UNCAPPED_PREDICTION, "error": None, "hosts": {"source": "absent", "destination": "running"},
         "timeline": [
             {"pass": 1, "time_ms": 0, "remaining_bytes": 900 * MIB, "processed_bytes": 124 * MIB,
              "dirty_rate_bps": 0, "transfer_rate_bps": 64 * MIB, "ratio": None, "expected_downtime_ms": 300,
-             "throttle_pct": 0, "downtime_limit_ms": 100},
+             "throttle_pct": 0, "downtime_limit_ms": 100, "sampled": True},
             {"pass": 2, "time_ms": 500, "remaining_bytes": 300 * MIB, "processed_bytes": 850 * MIB,
              "dirty_rate_bps": 16 * MIB, "transfer_rate_bps": 64 * MIB, "ratio": 0.25, "expected_downtime_ms": 300,
-             "throttle_pct": 0, "downtime_limit_ms": 100},
+             "throttle_pct": 0, "downtime_limit_ms": 100, "sampled": True},
             {"pass": 3, "time_ms": 1000, "remaining_bytes": 40 * MIB, "processed_bytes": 1100 * MIB,
              "dirty_rate_bps": 8 * MIB, "transfer_rate_bps": 64 * MIB, "ratio": 0.125, "expected_downtime_ms": 300,
-             "throttle_pct": 0, "downtime_limit_ms": 100},
+             "throttle_pct": 0, "downtime_limit_ms": 100, "sampled": True},
         ],
     }
     assert (job.dconnuri, job.flags, job.params, job.max_downtime) == (DEST_URI, DEFAULT_FLAGS, DEFAULT_PARAMS,
@@ -105,8 +118,8 @@ def test_completed_result(cloud, hv1, clock):
             {"hv1": "shutoff", "hv2": "running"}, 0, id="completed-keep-source-definition"),
         pytest.param(
             {"samples": []}, {},
-            {"status": "completed", "owner": "hv2", "actions": NO_ACTIONS, "passes": 4, "timeline": [],
-             "final_ratio": None},
+            {"status": "completed", "owner": "hv2", "actions": NO_ACTIONS, "passes": 4,
+             "timeline": [unsampled(number) for number in range(1, 5)], "final_ratio": None},
             {"hv1": None, "hv2": "running"}, 0, id="completed-before-first-sample"),
         pytest.param(
             {"samples": SLOW}, {"timeout_s": 2},
@@ -249,7 +262,8 @@ def test_run_without_migrating(cloud, hv1, hv2, clock, on_hv1, on_hv2, check_mod
         "status": status, "owner": owner, "source": "hv1", "destination": "hv2", "strategy": "precopy",
         "actions": [], "total_time_ms": None, "downtime_ms": None, "downtime_net_ms": None, "setup_time_ms": None,
         "data_sent_bytes": None, "data_total_bytes": None, "passes": None, "final_ratio": None,
-        "prediction": UNCAPPED_PREDICTION if status == "would_migrate" else None, "timeline": [], "error": None}
+        "prediction": UNCAPPED_PREDICTION if status == "would_migrate" else None, "timeline": [], "error": None,
+        "hosts": {"source": state_name(on_hv1), "destination": state_name(on_hv2)}}
     assert result.changed is changed
     assert where(cloud) == before
     assert [(job.flags, job.max_downtime) for job in jobs] == [(None, [])] * len(jobs)
@@ -521,3 +535,65 @@ def test_precopy_statistics_prefer_the_completion_event(cloud, hv1, hv2, clock):
 
     assert (result.status, result.downtime_ms) == ("completed", 44)
     assert hv2.guests["web01"].completed["downtime"] == 44
+
+
+def test_every_pass_is_on_the_timeline_even_between_samples(cloud, hv1, clock):
+    """Passes 2 and 3 begin and end between two polls: their MIGRATION_ITERATION events place them."""
+    samples = [sample(1, remaining=900 * MIB, processed=124 * MIB),
+               sample(4, remaining=40 * MIB, processed=1100 * MIB, dirty_pages=2048)]
+    job = Migration(samples=samples, completed=completed_stats(iterations=5))
+    cloud.add_guest(hv1, "web01", migration=job)
+
+    result = run_with_events(cloud, clock)
+
+    assert result.status == "completed"
+    assert [(entry["pass"], entry["sampled"]) for entry in result.timeline] == [
+        (1, True), (2, False), (3, False), (4, True), (5, False)]
+    assert len(result.timeline) == result.passes == 5
+    unseen = [entry for entry in result.timeline if not entry["sampled"]]
+    assert all(entry["time_ms"] is not None and entry["remaining_bytes"] is None for entry in unseen)
+    times = [entry["time_ms"] for entry in result.timeline]
+    assert times == sorted(times)
+
+
+FAILED_JOB = libvirtError("operation failed: migration out job: connection reset", C.VIR_ERR_OPERATION_FAILED)
+
+
+@pytest.mark.parametrize(
+    ("script", "changes", "message", "hosts"),
+    [
+        pytest.param({"samples": STALLED[:4], "dirty_rate_mib": 128, "failure": FAILED_JOB},
+                     {"allow_post_copy": True, **CAPPED}, "neither host holds all of its memory",
+                     {"source": "paused", "destination": "paused"}, id="post-copy-failed"),
+        pytest.param({"samples": STALLED[:4], "dirty_rate_mib": 128, "failure": FAILED_JOB,
+                      "states_after": {"source": C.VIR_DOMAIN_RUNNING, "destination": C.VIR_DOMAIN_RUNNING}},
+                     {"allow_post_copy": True, **CAPPED}, "runs on both hosts after post-copy",
+                     {"source": "running", "destination": "running"}, id="both-run-after-post-copy"),
+        pytest.param({"samples": PASSES, "states_after": {"source": C.VIR_DOMAIN_RUNNING}}, {},
+                     "runs on both hosts after a completed migration",
+                     {"source": "running", "destination": "running"}, id="both-run-after-completion"),
+        pytest.param({"samples": PASSES[:2], "failure": FAILED_JOB,
+                      "states_after": {"source": C.VIR_DOMAIN_SHUTOFF, "destination": None}}, {},
+                     "runs on neither host", {"source": "shutoff", "destination": "absent"}, id="neither-runs"),
+        pytest.param({"samples": PASSES[:2], "failure": FAILED_JOB, "destination_copy_after": True,
+                      "refuses": ("destroy",)}, {}, "stopping the incomplete copy of 'web01' on the destination",
+                     {"source": "running", "destination": "running"}, id="destination-copy-will-not-stop"),
+        pytest.param({"samples": PASSES[:2], "failure": FAILED_JOB, "source_paused_after": True,
+                      "refuses": ("resume",)}, {}, "resuming 'web01' on hv1",
+                     {"source": "paused", "destination": "absent"}, id="paused-source-will-not-resume"),
+    ],
+)
+def test_a_failure_after_the_start_carries_the_result(cloud, hv1, clock, script, changes, message, hosts):
+    refuses = script.pop("refuses", ())
+    cloud.add_guest(hv1, "web01", migration=Migration(**script), refuses=refuses)
+
+    with pytest.raises(MigrationError, match=message) as caught:
+        run(cloud, clock, **changes)
+
+    result = caught.value.result
+    assert (result["status"], result["owner"], result["hosts"]) == ("failed", "unknown", hosts)
+    assert result["timeline"] and result["timeline"][0]["pass"] == 1
+    assert result["passes"] == len(result["timeline"])
+    assert result["error"]["message"]  # what ended the job, or this very failure when the job itself completed
+    if changes.get("allow_post_copy"):
+        assert "post_copy" in [action["what"] for action in result["actions"]]

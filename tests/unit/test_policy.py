@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.kvm.live_migration.plugins.module_utils.features import Features, detect_features
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample
 from ansible_collections.kvm.live_migration.plugins.module_utils.policy import (
-    Features,
     Policy,
     Steering,
-    detect_features,
     needed_downtime_ms,
     predict,
     steer,
@@ -173,10 +172,10 @@ def test_detect_features(names, source, destination, transport, expected):
 @pytest.mark.parametrize(
     ("policy", "features", "rungs"),
     [
-        (Policy(), Features(), ["raise_downtime", "auto_converge", "abort"]),
-        (BOTH, Features(), ["raise_downtime", "auto_converge", "post_copy", "abort"]),
-        (BOTH, NOTHING, ["raise_downtime", "abort"]),
-        (Policy(allow_auto_converge=False, allow_post_copy=True), Features(), ["raise_downtime", "post_copy", "abort"]),
+        (Policy(), Features(), ["set_downtime", "auto_converge", "abort"]),
+        (BOTH, Features(), ["set_downtime", "auto_converge", "post_copy", "abort"]),
+        (BOTH, NOTHING, ["set_downtime", "abort"]),
+        (Policy(allow_auto_converge=False, allow_post_copy=True), Features(), ["set_downtime", "post_copy", "abort"]),
     ],
 )
 def test_usable_rungs(policy, features, rungs):

@@ -11,14 +11,13 @@ from fake_libvirt import GIB, GuestArchCaps
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
-from ansible_collections.kvm.live_migration.plugins.module_utils.hostinfo import HostInfo, migration_features
-from ansible_collections.kvm.live_migration.plugins.module_utils.policy import Policy
-from ansible_collections.kvm.live_migration.plugins.module_utils.preflight import (
-    CHECKS,
-    PortProbe,
-    Preflight,
+from ansible_collections.kvm.live_migration.plugins.module_utils.features import host_features
+from ansible_collections.kvm.live_migration.plugins.module_utils.findings import CHECKS
+from ansible_collections.kvm.live_migration.plugins.module_utils.hostinfo import HostInfo
+from ansible_collections.kvm.live_migration.plugins.module_utils.preflight import Preflight, Surroundings
+from ansible_collections.kvm.live_migration.plugins.module_utils.probes import PortProbe
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import (
     PreflightRequest,
-    Surroundings,
     validate_preflight_request,
 )
 from ansible_collections.kvm.live_migration.plugins.modules import host_info as host_info_module
@@ -32,8 +31,7 @@ DISK = ("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><sour
 
 def run_preflight(lv, clock, probe="refused", root="/nonexistent", **options):
     request = PreflightRequest(name="db01", dest_uri=options.pop("dest_uri", DEST_URI),
-                               transport=options.pop("transport", "ssh"), policy=options.pop("policy", Policy()),
-                               **options)
+                               transport=options.pop("transport", "ssh"), **options)
     with Hypervisor(SOURCE_URI, libvirt_module=lv) as source:
         surroundings = Surroundings(resolve=lambda name: ("10.0.0.12",),
                                     probe_port=lambda host, port: PortProbe(host, port, probe), clock=clock,
@@ -281,12 +279,16 @@ def test_bad_options_are_refused_with_the_value_and_the_fix(lv, clock, db01, opt
     assert caught.value.fix
 
 
-@pytest.mark.parametrize(("policy", "words"), [
-    (Policy(threshold=1.5), "convergence_threshold=1.5 is outside 0-1"),
-    (Policy(max_downtime_ms=0), "max_downtime_ms=0 must be positive"),
+@pytest.mark.parametrize(("options", "words"), [
+    ({"convergence_threshold": 1.5}, "convergence_threshold=1.5 is outside 0-1"),
+    ({"max_downtime_ms": 0}, "max_downtime_ms=0 must be positive"),
+    # What migrate refuses, preflight refuses too (they share one validation).
+    ({"transport": "ssh", "dest_uri": "qemu+tls://hv2/system"}, "transport=ssh tunnels through the libvirt connection"),
+    ({"migrate_disks": ("vda",)}, "migrate_disks=vda needs copy_storage"),
+    ({"parallel_connections": 0}, "parallel_connections=0 is outside 1-255"),
 ])
-def test_bad_policy_values_are_refused(policy, words):
-    request = PreflightRequest(name="db01", dest_uri=DEST_URI, policy=policy)
+def test_bad_values_are_refused_as_migrate_refuses_them(options, words):
+    request = PreflightRequest(name="db01", dest_uri=options.pop("dest_uri", DEST_URI), **options)
     with pytest.raises(MigrationError, match=re.escape(words)):
         validate_preflight_request(request)
 
@@ -347,6 +349,6 @@ def test_host_info_of_a_remote_uri_does_not_read_the_local_kernel(cloud, lv):
 ])
 def test_migration_features(lv, versions, post_copy, name, supported, reason):
     names = set(dir(lv)) | {"migrateStartPostCopy", "startDirtyRateCalc", "VIR_MIGRATE_ZEROCOPY"}
-    feature = next(f for f in migration_features(names, versions, post_copy) if f["name"] == name)
+    feature = next(f for f in host_features(names, versions, post_copy) if f["name"] == name)
     assert feature["supported"] is supported
     assert reason in feature["reason"]

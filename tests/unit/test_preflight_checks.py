@@ -4,6 +4,31 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.kvm.live_migration.plugins.module_utils.checks_guest import (
+    NetworkPresence,
+    StoragePath,
+    Volume,
+    check_convergence,
+    check_destination_name,
+    check_devices,
+    check_guest_state,
+    check_memory,
+    check_migration_job,
+    check_networks,
+    check_storage,
+)
+from ansible_collections.kvm.live_migration.plugins.module_utils.checks_pair import (
+    CpuComparison,
+    HostIdentity,
+    check_architecture,
+    check_cpu,
+    check_host_identity,
+    check_machine_type,
+    check_ports,
+    check_transport,
+    check_versions,
+    missing_cpu_features,
+)
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import GuestState
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
 from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml import (
@@ -14,30 +39,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml impo
     HostCapabilities,
     Interface,
 )
-from ansible_collections.kvm.live_migration.plugins.module_utils.preflight import (
-    CpuComparison,
-    HostIdentity,
-    NetworkPresence,
-    PortProbe,
-    StoragePath,
-    Volume,
-    check_architecture,
-    check_convergence,
-    check_cpu,
-    check_destination_name,
-    check_devices,
-    check_guest_state,
-    check_host_identity,
-    check_machine_type,
-    check_memory,
-    check_migration_job,
-    check_networks,
-    check_ports,
-    check_storage,
-    check_transport,
-    check_versions,
-    missing_cpu_features,
-)
+from ansible_collections.kvm.live_migration.plugins.module_utils.probes import PortProbe
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -1,0 +1,190 @@
+# Copyright: kvm.live_migration maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What the user asks of a pair of hypervisors, its one validation, and the libvirt flags and typed
+parameters it becomes.
+
+``migrate`` and ``preflight`` validate with the same ``validate_request``: a request preflight
+passes is one migrate accepts. Bad values are refused with the value and the fix, before any
+connection is opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
+from ansible_collections.kvm.live_migration.plugins.module_utils.policy import Policy
+from ansible_collections.kvm.live_migration.plugins.module_utils.units import GIB
+
+TRANSPORTS = ("tls", "ssh", "tcp")
+COPY_STORAGE = ("all", "incremental")
+COMPRESSION_METHODS = ("xbzrle", "mt", "zlib", "zstd")
+MAX_PARALLEL_CONNECTIONS = 255
+MIN_TIMEOUT_S = 60
+TIMEOUT_S_PER_GIB = 150
+
+
+@dataclass
+class MigrationRequest:
+    """What the user asked for, already validated by ``validate_request``."""
+
+    name: str
+    dest_uri: str
+    transport: str = "tls"
+    allow_insecure: bool = False
+    bandwidth_mib: int = 0
+    max_downtime_ms: int = 500
+    persistent: bool = True
+    undefine_source: bool = True
+    migrate_uri: str | None = None
+    listen_address: str | None = None
+    timeout_s: int | None = None
+    max_data_factor: float = 5.0
+    poll_interval_s: float = 0.25
+    convergence_threshold: float = 0.8
+    stall_passes: int = 2
+    allow_auto_converge: bool = True
+    allow_post_copy: bool = False
+    measure_dirty_rate: bool = True
+    parallel_connections: int | None = None
+    compression: tuple = ()
+    copy_storage: str | None = None
+    migrate_disks: tuple = ()
+
+    @property
+    def policy(self):
+        return Policy(threshold=self.convergence_threshold, stall_passes=self.stall_passes,
+                      max_downtime_ms=self.max_downtime_ms, allow_auto_converge=self.allow_auto_converge,
+                      allow_post_copy=self.allow_post_copy)
+
+
+def validate_request(request):
+    """Raise MigrationError naming the bad value and the fix; return the request unchanged."""
+    validate_values(request)
+    if request.transport == "tcp" and not request.allow_insecure:
+        raise MigrationError(
+            "transport=tcp sends the guest's memory across the network unencrypted",
+            fix="use transport: tls or ssh, or set allow_insecure: true on a trusted, isolated migration network",
+        )
+    return request
+
+
+def validate_values(request):
+    """Every option's value and their combinations; cleartext without allow_insecure is left to the caller
+    (migrate refuses it, preflight reports it as its transport finding)."""
+    if request.transport not in TRANSPORTS:
+        raise MigrationError(f"transport={request.transport!r} is not one of {', '.join(TRANSPORTS)}",
+                             fix="use transport: tls (QEMU native TLS), ssh (tunnelled) or tcp")
+    if request.max_downtime_ms <= 0:
+        raise MigrationError(f"max_downtime_ms={request.max_downtime_ms} must be positive",
+                             fix="give the longest pause the guest may see, in milliseconds (e.g. 500)")
+    if request.bandwidth_mib < 0:
+        raise MigrationError(f"bandwidth={request.bandwidth_mib} must be 0 (no cap) or a positive MiB/s",
+                             fix="set bandwidth to the MiB/s the migration may use, or 0")
+    if request.timeout_s is not None and request.timeout_s <= 0:
+        raise MigrationError(f"timeout={request.timeout_s} must be a positive number of seconds",
+                             fix="omit timeout to derive it from the guest's memory, or give seconds")
+    if request.max_data_factor < 1:
+        raise MigrationError(f"max_data_factor={request.max_data_factor} is below 1: nothing could complete",
+                             fix="allow at least one copy of the guest's memory (default 5)")
+    if not 0.05 <= request.poll_interval_s <= 1:  # noqa: PLR2004 - documented range
+        raise MigrationError(f"poll_interval={request.poll_interval_s} is outside 0.05-1 s",
+                             fix="poll at most once a second so every pass is seen")
+    if request.transport == "ssh" and not request.dest_uri.startswith("qemu+ssh://"):
+        raise MigrationError(f"transport=ssh tunnels through the libvirt connection, but dest_uri={request.dest_uri!r} "
+                             "is not a qemu+ssh:// URI", fix="use a qemu+ssh:// dest_uri, or transport: tls")
+    _validate_convergence(request)
+    _validate_data_path(request)
+
+
+def _validate_convergence(request):
+    if not 0 < request.convergence_threshold <= 1:
+        raise MigrationError(f"convergence_threshold={request.convergence_threshold} is outside 0-1",
+                             fix="give the dirty/transfer ratio above which a pass does not converge, e.g. 0.8")
+    if request.stall_passes < 1:
+        raise MigrationError(f"stall_passes={request.stall_passes} must be at least 1",
+                             fix="give how many non-converging passes in a row trigger the next step, e.g. 2")
+
+
+def _validate_data_path(request):
+    if request.parallel_connections is not None:
+        if not 1 <= request.parallel_connections <= MAX_PARALLEL_CONNECTIONS:
+            raise MigrationError(f"parallel_connections={request.parallel_connections} is outside 1-255",
+                                 fix="give the number of connections to send memory over, e.g. 4")
+        if request.transport == "ssh":
+            raise MigrationError("parallel_connections cannot be used with transport=ssh (one tunnel)",
+                                 fix="use transport: tls for parallel connections, or drop parallel_connections")
+    unknown = [method for method in request.compression if method not in COMPRESSION_METHODS]
+    if unknown:
+        raise MigrationError(f"compression={', '.join(unknown)} is not one of {', '.join(COMPRESSION_METHODS)}",
+                             fix="choose compression methods QEMU knows (xbzrle suits guests that rewrite pages)")
+    if request.copy_storage not in (None, *COPY_STORAGE):
+        raise MigrationError(f"copy_storage={request.copy_storage!r} is not one of {', '.join(COPY_STORAGE)}",
+                             fix="use copy_storage: all (full copy) or incremental (backing files are shared)")
+    if request.migrate_disks and request.copy_storage is None:
+        raise MigrationError(f"migrate_disks={', '.join(request.migrate_disks)} needs copy_storage",
+                             fix="set copy_storage: all or incremental, or drop migrate_disks for shared storage")
+
+
+def default_timeout_s(memory_bytes):
+    """The completion budget when the user gives none: 150 s per GiB of guest RAM, at least 60 s."""
+    return max(MIN_TIMEOUT_S, int(TIMEOUT_S_PER_GIB * memory_bytes / GIB))
+
+
+def migration_flags(lv, request, rungs=()):
+    """The migrateToURI3 flags for the request; ``rungs`` are the ladder's usable steps."""
+    flags = lv.VIR_MIGRATE_LIVE | lv.VIR_MIGRATE_PEER2PEER | lv.VIR_MIGRATE_ABORT_ON_ERROR
+    optional = (
+        (request.persistent, "VIR_MIGRATE_PERSIST_DEST"),
+        (request.undefine_source, "VIR_MIGRATE_UNDEFINE_SOURCE"),
+        (request.transport == "ssh", "VIR_MIGRATE_TUNNELLED"),
+        (request.transport == "tls", "VIR_MIGRATE_TLS"),
+        ("auto_converge" in rungs, "VIR_MIGRATE_AUTO_CONVERGE"),
+        ("post_copy" in rungs, "VIR_MIGRATE_POSTCOPY"),
+        (request.parallel_connections is not None, "VIR_MIGRATE_PARALLEL"),
+        (bool(request.compression), "VIR_MIGRATE_COMPRESSED"),
+        (request.copy_storage == "all", "VIR_MIGRATE_NON_SHARED_DISK"),
+        (request.copy_storage == "incremental", "VIR_MIGRATE_NON_SHARED_INC"),
+    )
+    for wanted, name in optional:
+        if wanted:
+            flags |= getattr(lv, name)
+    return flags
+
+
+def migration_params(lv, request, throttle=(None, None), post_copy=False):
+    """The migrateToURI3 typed parameters; ``throttle`` is auto-converge's (initial %, step %).
+
+    QEMU does not apply the pre-copy bandwidth to post-copy, so the cap is given for both.
+    """
+    initial, increment = throttle
+    optional = (
+        ("VIR_MIGRATE_PARAM_BANDWIDTH", request.bandwidth_mib or None),
+        ("VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY", (request.bandwidth_mib or None) if post_copy else None),
+        ("VIR_MIGRATE_PARAM_URI", request.migrate_uri),
+        ("VIR_MIGRATE_PARAM_LISTEN_ADDRESS", request.listen_address),
+        ("VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL", initial),
+        ("VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT", increment),
+        ("VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS", request.parallel_connections),
+        ("VIR_MIGRATE_PARAM_COMPRESSION", list(request.compression) or None),
+        ("VIR_MIGRATE_PARAM_MIGRATE_DISKS", list(request.migrate_disks) or None),
+    )
+    return {getattr(lv, name): value for name, value in optional if value is not None}
+
+
+@dataclass
+class PreflightRequest(MigrationRequest):
+    """A migration request as preflight checks it: the same options, plus what only preflight asks."""
+
+    measure_dirty_rate: bool = False  # preflight measures only when asked: it takes a second of the guest
+    memory_margin_mib: int = 512
+
+
+def validate_preflight_request(request):
+    """What migrate refuses, preflight refuses (``validate_values``), then preflight's own options."""
+    validate_values(request)
+    if request.memory_margin_mib < 0:
+        raise MigrationError(f"memory_margin_mib={request.memory_margin_mib} is negative",
+                             fix="give the MiB the destination must keep beyond the guest's memory, e.g. 512")
+    return request

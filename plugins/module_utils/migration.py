@@ -309,6 +309,8 @@ class MigrationRunner:
             # The job outlived its bounded abort: report where the guest is, but touch nothing.
             result.status = "failed"
             result.owner = self.monitor.hostname()
+            self.ownership.look()
+            result.hosts = dict(self.ownership.shown)
             return
         try:
             result.owner = self.ownership.settle(result, self.steering.post_copy)

@@ -36,7 +36,7 @@ class Ownership:
             return (f"source {source.uri} and destination {destination.uri} report the same host UUID "
                     f"{host_uuid}: they are the same host, or host_uuid is duplicated; give each hypervisor a "
                     "unique host_uuid in libvirtd.conf")
-        on_source, on_destination = self._look()
+        on_source, on_destination = self.look()
         if on_source and on_source.running:
             if on_destination and on_destination.running:
                 return (f"guest {name!r} runs on both {source.hostname()} and {destination.hostname()}; "
@@ -56,7 +56,7 @@ class Ownership:
         ``post_copy``: the migration switched to post-copy, so the source's memory is out of date.
         Raises MigrationError, with what each host showed in ``self.shown``, when it cannot.
         """
-        on_source, on_destination = self._look()
+        on_source, on_destination = self.look()
         source_runs = bool(on_source and on_source.running)
         destination_runs = bool(on_destination and on_destination.running)
         if post_copy and result.status != "completed" and not destination_runs:
@@ -84,7 +84,8 @@ class Ownership:
         source, destination = (self.shown.get(side, "not read") for side in ("source", "destination"))
         return f"source: {source}, destination: {destination}"
 
-    def _look(self):
+    def look(self):
+        """(state on the source, state on the destination), kept in ``shown`` as text."""
         self.shown = {}
         on_source = self.source.guest_state(self.name)
         self.shown["source"] = describe(on_source)

@@ -118,6 +118,8 @@ def test_migration_info_reads_a_running_job(running_lab, tmp_path):
         idle = running_lab.module("hv1", {"name": "watched"}, tmp_path, module="migration_info")
         assert idle["job"]["active"] is False
         assert running_lab.running_guests("hv1") == {"watched"}
+        assert "watched" not in running_lab.defined_guests("hv2")
+        running_lab.assert_intact("hv1", "watched", running_lab.console("hv1", "watched"))
     finally:
         running_lab.remove_guest("watched")
 

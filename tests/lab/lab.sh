@@ -15,6 +15,8 @@
 #   lab.sh guest-start HOST NAME [MEMORY_MIB MIB RATE [TOUCH_MIB]]   define and start a guest on HOST
 #                             (KVMLM_GUEST_CPU and KVMLM_GUEST_DEVICES add a <cpu> element and devices,
 #                             KVMLM_GUEST_CMDLINE more kernel parameters)
+#   lab.sh guest-intact HOST NAME [TIMEOUT_S]  wait until guest NAME swept its memory twice on HOST since any
+#                             other host's last line; exit 1 on a bad page, a crash or a restart
 #   lab.sh restart-libvirtd HOST          restart HOST's libvirtd (its guests keep running)
 #   lab.sh host-uuid HOST [UUID|restore]  print HOST's libvirt host UUID, or set it (restarts libvirtd)
 #   lab.sh hide-cpu-feature HOST FEATURE  make HOST's libvirt see TCG's CPU without FEATURE (restarts libvirtd)
@@ -536,6 +538,7 @@ main() {
         exec) [ $# -ge 2 ] || die "usage: lab.sh exec HOST CMD..."; in_host "$@" ;;
         ssh) lab_ssh "$@" ;;
         guest-start) cmd_guest_start "$@" ;;
+        guest-intact) "$LAB_VENV/bin/python" "$HERE/guest_intact.py" "$LAB_STATE" "$@" ;;
         restart-libvirtd) cmd_restart_libvirtd "$@" ;;
         host-uuid) cmd_host_uuid "$@" ;;
         hide-cpu-feature) cmd_hide_cpu_feature "$@" ;;
@@ -543,7 +546,7 @@ main() {
         deny-userfaultfd) cmd_deny_userfaultfd "$@" ;;
         allow-userfaultfd) cmd_allow_userfaultfd "$@" ;;
         inventory) echo "$LAB_STATE/inventory.yml" ;;
-        *) sed -n '2,26s/^# \{0,1\}//p' "$0"; [ -z "$cmd" ] || exit 2 ;;
+        *) sed -n '2,28s/^# \{0,1\}//p' "$0"; [ -z "$cmd" ] || exit 2 ;;
     esac
 }
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import json
 import os
 import re
 import subprocess
+import sys
 import textwrap
 import time
 from dataclasses import dataclass
@@ -17,13 +19,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_SH = REPO / "tests" / "lab" / "lab.sh"
+# The lab's own reader of the guest's console lines (tests/lab/guest_intact.py, also behind lab.sh guest-intact).
+sys.path.insert(0, str(LAB_SH.parent))
+serial_lines = importlib.import_module("guest_intact").serial_lines
 VENV = Path(os.environ.get("KVMLM_VENV", "/opt/kvmlm/venv"))
-TICK = re.compile(r"KVMLM boot=(\w+) tick=(\d+) dirtied=(\d+) swept=(\d+) bad=(\d+)")
-MISMATCH = re.compile(r"KVMLM mismatch .*")
 STAMP_TAG = b"LMVK"  # tests/lab/guest/dirtier.c's STAMP_TAG, little-endian, as the stamp's bytes 4..7
-# A guest that crashed or rebooted prints one of these; its boot id alone does not tell, because
-# under TCG a reboot can draw the same "random" boot id again.
-CRASH = re.compile(r"Kernel panic|BUG: |Oops: |general protection fault|KVMLM error")
 WRITE_LOSS = ("lab limitation: QEMU 7.2 under TCG loses guest writes during pre-copy (DEVELOPERS.md; none lost by "
               "QEMU 10.0 on this lab)")
 
@@ -113,24 +113,20 @@ class Lab:
         appeared), or its memory check found a page whose stamp disagrees with what it wrote last.
         """
         text = self.serial_log(host, name)
-        crash = CRASH.search(text)
-        if crash:
-            raise GuestDamaged(f"{name} crashed on {host}:\n{text[max(0, crash.start() - 200):crash.start() + 800]}")
-        matches = [match for match in map(TICK.search, text.splitlines()) if match]
-        mismatches = MISMATCH.findall(text)
-        bad = max((int(match.group(5)) for match in matches), default=0)
-        if mismatches or bad:
-            raise GuestDamaged(f"{name}'s memory check on {host} found {bad} page(s) changed behind its back: "
-                               + "; ".join(mismatches[:4]))
-        if not matches:
+        lines, damage = serial_lines(text)
+        bad = max((line.bad for line in lines), default=0)
+        if damage or bad:
+            raise GuestDamaged(f"{name} on {host} crashed or found {bad} page(s) changed behind its back:\n"
+                               f"{text[max(0, damage.start() - 200):damage.start() + 800] if damage else lines[-1]}")
+        if not lines:
             return None
-        boots = {match.group(1) for match in matches}
+        boots = {line.boot for line in lines}
         if len(boots) != 1:
             raise GuestDamaged(f"{name} on {host} booted more than once: {sorted(boots)}")
-        ticks = [int(match.group(2)) for match in matches]
+        ticks = [line.tick for line in lines]
         if any(later <= earlier for earlier, later in itertools.pairwise(ticks)):
             raise GuestDamaged(f"{name}'s counter on {host} went back: it restarted ({ticks[:3]}...{ticks[-3:]})")
-        return Ticks(boot=matches[0].group(1), ticks=ticks, sweeps=[int(match.group(4)) for match in matches])
+        return Ticks(boot=lines[0].boot, ticks=ticks, sweeps=[line.swept for line in lines])
 
     def serial_log(self, host, name):
         path = self.state / host / "log" / "qemu" / f"{name}-serial.log"

@@ -28,11 +28,15 @@ class Line(NamedTuple):
     bad: int
 
 
-def ticks(path):
-    """The counter lines of one serial log, and the first sign of damage in it (or None)."""
-    text = path.read_text(errors="replace") if path.exists() else ""
-    damage = DAMAGE.search(text)
+def serial_lines(text):
+    """The counter lines of a guest's serial log, and the first sign of damage in it (a match, or None)."""
     lines = [Line(boot, int(tick), int(swept), int(bad)) for boot, tick, swept, bad in TICK.findall(text)]
+    return lines, DAMAGE.search(text)
+
+
+def ticks(path):
+    """``serial_lines`` of one log file, with the damage as text."""
+    lines, damage = serial_lines(path.read_text(errors="replace") if path.exists() else "")
     return lines, damage.group(0) if damage else None
 
 

@@ -20,6 +20,8 @@ packages=(
     pkg-config gcc libc6-dev python3-dev python3-venv
     # lab: namespaces, SSH between the hypervisors, the guest image
     openssh-server openssh-client iproute2 util-linux procps cpio gzip
+    # what the hypervisor role installs on a Debian host (present here, so the lab needs no package mirror)
+    python3-libvirt python3-cryptography
     # ansible-test sanity runs shellcheck on the lab scripts
     shellcheck git
 )

@@ -6,17 +6,22 @@ machine type and CPU. Each takes what was read from the hosts and returns findin
 
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.features import dotted_version
 from ansible_collections.kvm.live_migration.plugins.module_utils.findings import fail, ok, warn
-from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import (
-    DEFAULT_MIGRATION_PORTS,
-    QEMU_TLS_CLIENT_FILES,
-)
+from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import DEFAULT_MIGRATION_PORTS
 from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml import VENDOR_NEUTRAL_MODELS
 from ansible_collections.kvm.live_migration.plugins.module_utils.probes import PORT_PROBE_TIMEOUT_S
+from ansible_collections.kvm.live_migration.plugins.module_utils.tlsfiles import (
+    CA_CERT,
+    CLIENT_FILES,
+    SERVER_FILES,
+    key_readable_by_qemu,
+    names_match,
+)
 
 _MISSING_FEATURES = re.compile(r"(?:required features|missing features)\s*:\s*(?P<names>[\w.,\s-]+)", re.IGNORECASE)
 
@@ -57,8 +62,8 @@ def check_host_identity(source, destination, migrate_uri=None):
                                f"{destination.hostname} {where}")
 
 
-def check_transport(transport, dest_uri, connect_error=None, tls=None, module_on_source=True, allow_insecure=True):
-    """The destination's libvirt answers over dest_uri; for tls, the source holds QEMU's client certificates."""
+def check_transport(transport, dest_uri, connect_error=None, module_on_source=True, allow_insecure=True):
+    """The destination's libvirt answers over dest_uri (TLS's certificates are check_tls's)."""
     if transport == "tcp" and not allow_insecure:
         return fail("transport", "transport=tcp sends the guest's memory across the network unencrypted, and migrate "
                                  "refuses it without allow_insecure",
@@ -66,21 +71,138 @@ def check_transport(transport, dest_uri, connect_error=None, tls=None, module_on
     if connect_error is not None:
         return fail("transport", f"connecting to {dest_uri} failed: {connect_error.message}",
                     connect_error.fix or "check that libvirtd runs on the destination and the URI is right")
-    if transport == "tls" and tls is not None and not tls.get("can_send"):
-        missing = [name for name in tls["missing"] if name in QEMU_TLS_CLIENT_FILES]
-        return fail("transport", f"transport=tls, but the source lacks QEMU's TLS client files "
-                                 f"{', '.join(missing)} in {tls['cert_dir']}",
-                    "install the CA certificate, client certificate and key there (the hypervisor role can), or "
-                    "use transport: ssh")
     message = f"the destination's libvirt answers at {dest_uri}"
-    if transport == "tls":
-        message += "; the source has QEMU's TLS client certificates" if tls else \
-            "; QEMU's TLS certificates were not read (the source is remote): host_info on each host reports them"
     if not module_on_source:
         return warn("transport", message + ", but from the host running this module, not from the source: the "
                                            "source's libvirtd opens its own connection",
                     "run preflight on the source hypervisor (source_uri: qemu:///system) to test its trust")
     return ok("transport", message)
+
+
+TLS_FIX = ("run the kvm.live_migration.hypervisor role (playbook kvm.live_migration.prepare_hosts) on both hosts: it "
+           "issues the CA, server and client certificates QEMU reads")
+TLS_EXPIRY_WARNING_DAYS = 30
+_DAY_S = 86400
+
+
+@dataclass(frozen=True)
+class TlsPair:
+    """What check_tls judges: both TLS directories (None: not read), the name QEMU verifies the destination's
+    certificate against, the wall-clock time, and QEMU's (uid, gid) on the source."""
+
+    source: object
+    destination: object
+    dest_name: str
+    now: float
+    qemu_ids: tuple = (None, None)
+
+
+def check_tls(pair):
+    """QEMU's TLS on both hosts: the source's client files, the destination's server files, one CA that signed both
+    certificates, their validity, the name the source connects to, and keys QEMU can read."""
+    problems, notes = [], []
+    for directory, names, purpose in ((pair.source, CLIENT_FILES, "send"), (pair.destination, SERVER_FILES, "receive")):
+        problems += _tls_files_problems(directory, names, purpose, notes)
+    if not problems:
+        problems += _tls_certificate_problems(pair, notes)
+    if problems:
+        return fail("tls", "transport=tls: " + "; ".join(problems), TLS_FIX)
+    if notes:
+        return warn("tls", "transport=tls: " + "; ".join(notes), TLS_FIX)
+    return ok("tls", f"transport=tls: {pair.source.host} can send ({pair.source.path}) and {pair.destination.host} can "
+                     f"receive ({pair.destination.path}) with certificates of one CA, valid for "
+                     f"{_days_left(pair):.0f} more days; {pair.destination.host}'s is valid for {pair.dest_name}")
+
+
+def _days_left(pair):
+    certificates = [*pair.source.certificates.values(), *pair.destination.certificates.values()]
+    return min((cert.not_after - pair.now) / _DAY_S for cert in certificates if cert is not None)
+
+
+def _tls_files_problems(directory, names, purpose, notes):
+    if directory is None:
+        notes.append("the source's files were not read (the module does not run on the source)")
+        return []
+    if directory.unread:
+        notes.append(f"{directory.host}: {directory.unread}")
+        return []
+    if directory.missing_directory:
+        return [f"{directory.host} has no {directory.path}, where QEMU reads the certificates to {purpose} a migration"]
+    missing = directory.missing(names)
+    if missing:
+        return [f"{directory.host} lacks {', '.join(missing)} in {directory.path} (needed to {purpose} a migration)"]
+    if directory.contents_unread:
+        notes.append(f"{directory.host}'s certificates were not verified: {directory.contents_unread}")
+    return []
+
+
+def _tls_certificate_problems(pair, notes):
+    source, destination = pair.source, pair.destination
+    if source is None or source.contents_unread or destination.contents_unread or destination.unread:
+        return []
+    client, source_ca = source.certificates["client-cert.pem"], source.certificates[CA_CERT]
+    server, dest_ca = destination.certificates["server-cert.pem"], destination.certificates[CA_CERT]
+    problems = []
+    for host, name, cert in ((source.host, "client-cert.pem", client), (source.host, CA_CERT, source_ca),
+                             (destination.host, "server-cert.pem", server), (destination.host, CA_CERT, dest_ca)):
+        problems += _validity_problems(f"{host}'s {name}", cert, pair.now, notes)
+    if problems:
+        return problems
+    for host, ca in ((source.host, source_ca), (destination.host, dest_ca)):
+        if not ca.is_ca:
+            problems.append(f"{host}'s {CA_CERT} ({ca.subject}) is not a CA certificate")
+    if server.signed_by(source_ca) is False:
+        problems.append(f"{destination.host}'s server certificate (issuer {server.issuer}) is not signed by the CA "
+                        f"{source.host} trusts ({source_ca.subject}): the hosts use different CAs")
+    if client.signed_by(dest_ca) is False:
+        problems.append(f"{source.host}'s client certificate (issuer {client.issuer}) is not signed by the CA "
+                        f"{destination.host} trusts ({dest_ca.subject})")
+    if server.purposes is not None and "serverAuth" not in server.purposes:
+        problems.append(f"{destination.host}'s server certificate is not for TLS servers "
+                        f"({', '.join(server.purposes)})")
+    if client.purposes is not None and "clientAuth" not in client.purposes:
+        problems.append(f"{source.host}'s client certificate is not for TLS clients ({', '.join(client.purposes)})")
+    server_names = server.names or tuple(part[3:] for part in server.subject.split(",") if part.startswith("CN="))
+    if not names_match(server_names, pair.dest_name):
+        problems.append(f"{destination.host}'s server certificate names {', '.join(server_names) or 'nothing'}, but "
+                        f"QEMU on {source.host} verifies it against {pair.dest_name!r} (the destination's host name, "
+                        "or migrate_uri's host)")
+    if client.key_matches is False:
+        problems.append(f"{source.host}'s client-key.pem does not belong to its client-cert.pem")
+    problems += _key_permission_problems(pair, notes)
+    return problems
+
+
+def _validity_problems(what, cert, now, notes):
+    if cert is None:
+        return []
+    if cert.error:
+        return [f"{what} cannot be read: {cert.error}"]
+    if now < cert.not_before:
+        return [f"{what} is not valid yet (from {_utc(cert.not_before)}); check the hosts' clocks"]
+    if now >= cert.not_after:
+        return [f"{what} expired on {_utc(cert.not_after)}"]
+    if cert.not_after - now < TLS_EXPIRY_WARNING_DAYS * _DAY_S:
+        notes.append(f"{what} expires on {_utc(cert.not_after)}")
+    return []
+
+
+def _utc(timestamp):
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _key_permission_problems(pair, notes):
+    problems = []
+    uid, gid = pair.qemu_ids
+    for directory, name in ((pair.source, "client-key.pem"), (pair.destination, "server-key.pem")):
+        key = directory.files[name]
+        # The destination's numbers are read through its libvirt; QEMU's ids there are taken to be the source's.
+        if key_readable_by_qemu(key, uid, gid) is False and not (key.mode or 0) & 0o044:
+            problems.append(f"QEMU's user cannot read {directory.host}'s {name} (mode {key.mode:04o}, owner {key.uid}, "
+                            f"group {key.gid})")
+        elif key.mode is not None and key.mode & 0o004:
+            notes.append(f"{directory.host}'s {name} is readable by every user (mode {key.mode:04o})")
+    return problems
 
 
 def check_ports(transport, probe):

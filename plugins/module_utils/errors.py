@@ -30,8 +30,13 @@ _MESSAGE_FIXES = {  # pattern (case-insensitive) -> fix
     r"Host key verification failed|No route to host|Connection refused|Permission denied \(publickey":
         "check that the source reaches the destination over SSH as the libvirtd user "
         "(key trust, known_hosts, firewall) with: ssh DESTINATION virsh -c qemu:///system version",
+    r"Unable to access credentials":
+        "QEMU cannot read its migration TLS certificates (the file is named in the message) on one of the hosts: "
+        "run the kvm.live_migration.hypervisor role (playbook kvm.live_migration.prepare_hosts) on both hosts, "
+        "which issues them; kvm.live_migration.preflight names what is missing where",
     r"x509|certificate|TLS":
-        "check the libvirt/QEMU TLS certificates on both hosts (migrate_tls_x509_cert_dir in qemu.conf)",
+        "check the QEMU TLS certificates on both hosts (migrate_tls_x509_cert_dir in qemu.conf): the "
+        "kvm.live_migration.hypervisor role issues them from one CA; kvm.live_migration.preflight checks them",
     r"Cannot get interface MTU on '[^']*': No such device":
         "the destination lacks the bridge or network device the guest's interface uses: create it there "
         "(kvm.live_migration.preflight names it before anything moves)",

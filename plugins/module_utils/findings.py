@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ansible_collections.kvm.live_migration.plugins.module_utils.units import MIB
 
 STATUSES = ("ok", "warn", "fail")
-CHECKS = ("host_identity", "transport", "ports", "versions", "architecture", "machine_type", "cpu", "memory",
+CHECKS = ("host_identity", "transport", "tls", "ports", "versions", "architecture", "machine_type", "cpu", "memory",
           "storage", "network", "devices", "guest_state", "migration_job", "destination_name", "convergence")
 
 

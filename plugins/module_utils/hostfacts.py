@@ -301,17 +301,19 @@ def post_copy_status(qemu_user, unprivileged_userfaultfd, dev_userfaultfd="missi
     uses it; ``versions`` are libvirt's numbers ({"libvirt", "hypervisor"}).
     """
     if qemu_user in ("root", "0"):
-        return {"possible": True, "reason": "QEMU runs as root"}
-    if unprivileged_userfaultfd:
-        return {"possible": True, "reason": f"vm.unprivileged_userfaultfd=1 lets QEMU ({qemu_user}) use userfaultfd"}
+        return {"possible": True, "via": "root", "reason": "QEMU runs as root"}
     device_reason = _dev_userfaultfd_reason(dev_userfaultfd, versions)
     if device_reason is None:
-        return {"possible": True,
+        return {"possible": True, "via": "device",
                 "reason": f"libvirt {dotted_version(versions['libvirt'])} grants QEMU ({qemu_user}) /dev/userfaultfd, "
                           f"which QEMU {dotted_version(versions['hypervisor'])} uses"}
+    if unprivileged_userfaultfd:
+        return {"possible": True, "via": "sysctl",
+                "reason": f"vm.unprivileged_userfaultfd=1 lets QEMU ({qemu_user}) use userfaultfd"}
     if unprivileged_userfaultfd is None:
-        return {"possible": None, "reason": f"vm.unprivileged_userfaultfd could not be read, and {device_reason}"}
-    return {"possible": False,
+        return {"possible": None, "via": None,
+                "reason": f"vm.unprivileged_userfaultfd could not be read, and {device_reason}"}
+    return {"possible": False, "via": None,
             "reason": f"vm.unprivileged_userfaultfd=0 and QEMU runs as {qemu_user}, and {device_reason}: QEMU refuses "
                       "post-copy ('Postcopy is not supported'); set vm.unprivileged_userfaultfd=1 (the hypervisor "
                       "role can), or run libvirt >= 10.1 with QEMU >= 8.1 on a kernel with /dev/userfaultfd"}
@@ -352,6 +354,29 @@ def tls_status(cert_dir, present):
     return {"configured": not missing_client and not missing_server, "cert_dir": cert_dir,
             "can_send": not missing_client, "can_receive": not missing_server,
             "missing": sorted(set(missing_client) | set(missing_server))}
+
+
+def qemu_identity(root="/"):
+    """(user, group) QEMU runs as on this host: qemu.conf's, else the distribution's default that exists."""
+    import grp  # noqa: PLC0415 - POSIX only
+    import pwd  # noqa: PLC0415
+
+    settings = parse_qemu_conf(_read(Path(root) / "etc/libvirt/qemu.conf") or "")
+
+    def first_existing(database, names):
+        return next((name for name in names if _exists_in(database, name)), names[0])
+
+    user = settings.get("user") or first_existing(pwd.getpwnam, ("libvirt-qemu", "qemu"))
+    group = settings.get("group") or first_existing(grp.getgrnam, ("libvirt-qemu", "qemu"))
+    return str(user), str(group)
+
+
+def _exists_in(database, name):
+    try:
+        database(name)
+    except KeyError:
+        return False
+    return True
 
 
 def read_migration_config(root="/", versions=None):

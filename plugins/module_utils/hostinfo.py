@@ -10,15 +10,18 @@ keys in every entry of a list.
 from __future__ import annotations
 
 import contextlib
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from ansible_collections.kvm.live_migration.plugins.module_utils.checks_pair import TlsPair, check_tls
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import binding_names
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import libvirt_errors
 from ansible_collections.kvm.live_migration.plugins.module_utils.features import dotted_version, host_features
 from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import (
     LocalFilesystems,
     probe_kvm,
+    qemu_identity,
     read_kernel_view,
     read_migration_config,
     virtualization_status,
@@ -28,6 +31,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml impo
     SHARED_POOL_TYPES,
     parse_guest,
 )
+from ansible_collections.kvm.live_migration.plugins.module_utils.tlsfiles import qemu_ids, read_local_directory
 
 
 def remote_view_reason(uri):
@@ -38,7 +42,7 @@ def remote_view_reason(uri):
 class HostInfo:
     """Gathers host_info's facts through one open Hypervisor."""
 
-    def __init__(self, hypervisor, local, probe=True, root="/"):
+    def __init__(self, hypervisor, local, probe=True, root="/", wall_clock=time.time):
         """``local``: the hypervisor is the host running the module, so its kernel and files can be read."""
         self.hypervisor = hypervisor
         self.conn = hypervisor.conn
@@ -46,6 +50,7 @@ class HostInfo:
         self.local = local
         self.probe = probe
         self.root = Path(root)
+        self.wall_clock = wall_clock
         self.filesystems = LocalFilesystems(self.root, local)
 
     def gather(self, domain_names=None):
@@ -81,11 +86,22 @@ class HostInfo:
         }
         if config is None:
             reason = remote_view_reason(self.hypervisor.uri)
-            config = {"migration_ports": None, "post_copy": {"possible": None, "reason": reason},
+            config = {"migration_ports": None, "post_copy": {"possible": None, "via": None, "reason": reason},
                       "tls": {"configured": None, "cert_dir": None, "can_send": None, "can_receive": None,
-                              "missing": [], "reason": reason}}
+                              "missing": [], "problems": [], "reason": reason}}
+        else:
+            config["tls"] = {**config["tls"], **self._tls_self_check(config["tls"]["cert_dir"], host["hostname"])}
         host.update(config)
         return host
+
+    def _tls_self_check(self, cert_dir, hostname):
+        """The host's TLS files judged as if it migrated to itself: present, one CA, valid now, valid for its host
+        name, keys its QEMU can read. ``configured`` is true when nothing fails."""
+        directory = read_local_directory(hostname, cert_dir, self.root)
+        finding = check_tls(TlsPair(directory, directory, hostname, self.wall_clock(),
+                                    qemu_ids(*qemu_identity(self.root))))
+        return {"configured": finding.status != "fail",
+                "problems": [] if finding.status == "ok" else [finding.message.removeprefix("transport=tls: ")]}
 
     def _virtualization(self, capabilities):
         host_arch = capabilities.guest_arch(capabilities.arch)

@@ -123,7 +123,7 @@ class MigrationRunner:
 
     def _new_result(self):
         return MigrationResult(status="pending", owner=None, source=self.source.hostname(),
-                               destination=self.destination.hostname())
+                               destination=self.destination.hostname(), transport=self.request.transport)
 
     def _features(self):
         return detect_features(binding_names(self.lv), self.source.version_numbers(),

@@ -25,6 +25,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.checks_guest im
 from ansible_collections.kvm.live_migration.plugins.module_utils.checks_pair import (
     CpuComparison,
     HostIdentity,
+    TlsPair,
     missing_cpu_features,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import (
@@ -37,7 +38,9 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.features import
 from ansible_collections.kvm.live_migration.plugins.module_utils.findings import STATUSES, fail, ok, warn
 from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import (
     DEFAULT_MIGRATION_PORTS,
+    QEMU_TLS_DIR,
     LocalFilesystems,
+    qemu_identity,
     read_migration_config,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobs import measure_dirty_rate
@@ -49,6 +52,11 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml impo
 from ansible_collections.kvm.live_migration.plugins.module_utils.policy import predict
 from ansible_collections.kvm.live_migration.plugins.module_utils.probes import probe_tcp_port, resolve_host
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import validate_preflight_request
+from ansible_collections.kvm.live_migration.plugins.module_utils.tlsfiles import (
+    qemu_ids,
+    read_local_directory,
+    read_remote_directory,
+)
 from ansible_collections.kvm.live_migration.plugins.module_utils.units import MIB
 
 
@@ -86,8 +94,10 @@ class Surroundings:
     probe_port: object = None  # (host, port) -> PortProbe
     module_on_source: bool | None = None  # None: the module runs on the source when source_uri is local
     clock: object = time.monotonic
+    wall_clock: object = time.time  # certificate validity
     wait: object = None  # (seconds, event) -> None
     root: str = "/"  # where this host's /proc and /etc are read
+    qemu_ids: tuple | None = None  # (uid, gid) QEMU runs as on the source; None: from its qemu.conf
 
 
 class Preflight:
@@ -106,8 +116,10 @@ class Preflight:
         self.module_on_source = is_local_uri(source.uri) if around.module_on_source is None else \
             around.module_on_source
         self.clock = around.clock
+        self.wall_clock = around.wall_clock
         self.wait = around.wait or (lambda seconds, event: event.wait(seconds))
         self.root = around.root
+        self.qemu_ids = around.qemu_ids
         self.filesystems = LocalFilesystems(self.root, self.module_on_source)
 
     def run(self):
@@ -153,8 +165,9 @@ class Preflight:
             checks_pair.check_host_identity(
                 HostIdentity(source_name, source_caps.uuid),
                 HostIdentity(dest_name, dest_caps.uuid, self.resolve(dest_name)), request.migrate_uri),
-            checks_pair.check_transport(request.transport, request.dest_uri, tls=self._tls(),
-                                        module_on_source=self.module_on_source, allow_insecure=request.allow_insecure),
+            checks_pair.check_transport(request.transport, request.dest_uri, module_on_source=self.module_on_source,
+                                        allow_insecure=request.allow_insecure),
+            self._tls(destination, source_name, dest_name),
             checks_pair.check_ports(request.transport, self._probe_migration_port(dest_name)),
             checks_pair.check_versions(source_versions, dest_versions, source_name, dest_name),
             checks_pair.check_architecture(guest, source_caps, dest_caps, dest_name),
@@ -177,10 +190,22 @@ class Preflight:
 
     # -- readers ---------------------------------------------------------------------------------
 
-    def _tls(self):
-        if self.request.transport != "tls" or not self.module_on_source:
+    def _tls(self, destination, source_name, dest_name):
+        """check_tls's finding for transport=tls: the source's directory read locally (keys matched too) or through
+        its libvirt, the destination's through its libvirt, in the directory the source's qemu.conf names."""
+        if self.request.transport != "tls":
             return None
-        return read_migration_config(self.root)["tls"]
+        if self.module_on_source:
+            cert_dir = read_migration_config(self.root)["tls"]["cert_dir"]
+            source_dir = read_local_directory(source_name, cert_dir, self.root)
+            ids = self.qemu_ids or qemu_ids(*qemu_identity(self.root))
+        else:
+            cert_dir = QEMU_TLS_DIR
+            source_dir = read_remote_directory(self.source, cert_dir)
+            ids = (None, None)
+        verified_name = self._migration_endpoint(dest_name)[0]  # QEMU checks the certificate against this name
+        return checks_pair.check_tls(TlsPair(source_dir, read_remote_directory(destination, cert_dir), verified_name,
+                                             self.wall_clock(), ids))
 
     def _compare_cpu(self, destination, guest):
         cpu = guest.cpu
@@ -292,13 +317,17 @@ class Preflight:
             return NetworkPresence(kind, name, "missing")
         return NetworkPresence(kind, name, "unknown", error.get_error_message() or str(error))
 
-    def _probe_migration_port(self, dest_name):
+    def _migration_endpoint(self, dest_name):
+        """(host, port) the source's QEMU sends the memory to: migrate_uri's, else the destination's name."""
         host, port = dest_name, DEFAULT_MIGRATION_PORTS[0]
         if self.request.migrate_uri:
             parsed = urlsplit(self.request.migrate_uri if "://" in self.request.migrate_uri
                               else f"tcp://{self.request.migrate_uri}")
             host, port = parsed.hostname or dest_name, parsed.port or port
-        return self.probe_port(host, port)
+        return host, port
+
+    def _probe_migration_port(self, dest_name):
+        return self.probe_port(*self._migration_endpoint(dest_name))
 
     def _convergence(self, domain, guest, source_versions, dest_versions):
         request = self.request

@@ -28,6 +28,7 @@ class MigrationResult:
     timeline: list = field(default_factory=list)
     error: dict | None = None
     hosts: dict = field(default_factory=dict)  # the guest's state on each host at the last look
+    transport: str | None = None  # how the memory travelled: tls, ssh (tunnelled) or tcp
 
     @property
     def changed(self):

@@ -167,10 +167,16 @@ host:
       description: QEMU's incoming migration port range (min, max) from qemu.conf; V(null) when not read.
       type: dict
     post_copy:
-      description: Whether QEMU's user may use userfaultfd for post-copy (possible, reason).
+      description:
+        - Whether QEMU's user may use userfaultfd for post-copy (C(possible)), through what (C(via) - root, device or
+          sysctl) and why (C(reason)).
       type: dict
     tls:
-      description: QEMU's migration TLS files (configured, cert_dir, can_send, can_receive, missing).
+      description:
+        - QEMU's migration TLS files - C(cert_dir), C(can_send) and C(can_receive) (the files are there), C(missing).
+        - C(configured) is true when the files would let this host send to and receive from a host of the same CA -
+          one CA signed both certificates, they are valid now and for this host's name, the keys match and QEMU's user
+          can read them; C(problems) says what is wrong or about to be (expiry within 30 days).
       type: dict
     local:
       description: Whether the kernel and file facts were read (the URI is local).

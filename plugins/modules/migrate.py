@@ -313,6 +313,11 @@ migration:
         or C(absent)).
       type: dict
       sample: {"source": "absent", "destination": "running"}
+    transport:
+      description: How the guest's memory travelled - V(tls) (QEMU's TLS), V(ssh) (tunnelled through libvirt's SSH
+        connection) or V(tcp) (clear text).
+      type: str
+      sample: tls
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -14,8 +14,10 @@ description:
     (check, status V(ok), V(warn) or V(fail), message, fix) and RV(ok). Nothing changes on either host.
   - Fails the task when a check fails and O(fail_on_error=true), so a playbook stops before anything moves.
   - "Checks: C(host_identity) (the destination is another host with its own host UUID and a name the source resolves),
-    C(transport) (the destination's libvirt answers over O(dest_uri); for V(tls) the source holds QEMU's client
-    certificates), C(ports) (the migration port answers: not dropped by a firewall), C(versions) (the destination's
+    C(transport) (the destination's libvirt answers over O(dest_uri)), C(tls) (for V(tls): the source's client and the
+    destination's server certificates and keys are there, signed by one CA, valid now and for the name the source
+    connects to, and readable by QEMU; the destination's directory is read through its libvirt, its keys never),
+    C(ports) (the migration port answers: not dropped by a firewall), C(versions) (the destination's
     libvirt and QEMU are not older), C(architecture) (for example no 64-bit guest to a 32-bit-only host),
     C(machine_type), C(cpu) (the guest's CPU compared on the destination with the missing features named;
     host-passthrough guests need identical CPUs; Intel to AMD only with a vendor-neutral model), C(memory) (available

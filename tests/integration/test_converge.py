@@ -19,7 +19,7 @@ from conftest import LAB_SH, lab
 BANDWIDTH_MIB = 64
 MAX_DOWNTIME_MS = 500
 MIB = 1024 * 1024
-LAB_TRANSPORT = {"transport": "tcp", "allow_insecure": True}  # the lab's private bridge
+CLEARTEXT = {"transport": "tcp", "allow_insecure": True}  # the lab's private bridge; the others use TLS (default)
 IDLE = {"dirty_mib": 384, "pages_per_s": 0}
 MODERATE = {"dirty_mib": 256, "pages_per_s": 11000}
 HEAVY = {"dirty_mib": 384, "pages_per_s": 40000}
@@ -49,7 +49,7 @@ def guest(running_lab, request):
 
 def migrate(running_lab, tmp_path, name, **options):
     args = {"name": name, "dest_host": "hv2", "bandwidth": BANDWIDTH_MIB, "max_downtime_ms": MAX_DOWNTIME_MS,
-            **LAB_TRANSPORT, **options}
+            **options}
     return running_lab.module("hv1", args, tmp_path)
 
 
@@ -81,14 +81,16 @@ def assert_still_on_source(running_lab, name, before):
 
 
 @pytest.mark.stock
-@pytest.mark.parametrize("workload", [IDLE, MODERATE], ids=["idle", "moderate"])
-def test_converging_guest_completes_within_the_budget(running_lab, guest, tmp_path, workload):
+@pytest.mark.parametrize(("workload", "transport"), [(IDLE, "ssh"), (MODERATE, "tls")],
+                         ids=["idle-ssh", "moderate-tls"])
+def test_converging_guest_completes_within_the_budget(running_lab, guest, tmp_path, workload, transport):
     name = guest(workload)
     before = running_lab.console("hv1", name)
 
-    result = migrate(running_lab, tmp_path, name)
+    result = migrate(running_lab, tmp_path, name, transport=transport)
 
     migration = result["migration"]
+    assert migration["transport"] == transport
     assert migration["prediction"]["dirty_rate_bps"] is not None
     # Page sampling is noisy (±50 %): the moderate guest may measure as not converging.
     assert migration["prediction"]["strategy"] == "precopy" or workload is MODERATE
@@ -153,7 +155,7 @@ def test_heavy_guest_is_aborted_when_nothing_is_permitted(running_lab, guest, tm
     name = guest(HEAVY)
     before = running_lab.console("hv1", name)
 
-    result = migrate(running_lab, tmp_path, name, allow_auto_converge=False, timeout=120)
+    result = migrate(running_lab, tmp_path, name, allow_auto_converge=False, timeout=120, **CLEARTEXT)
 
     migration = result["migration"]
     assert result["failed"] is True
@@ -169,7 +171,7 @@ def test_time_budget_aborts_and_leaves_the_guest_running_on_the_source(running_l
     name = guest(HEAVY)
     before = running_lab.console("hv1", name)
 
-    result = migrate(running_lab, tmp_path, name, allow_auto_converge=False, stall_passes=100, timeout=20)
+    result = migrate(running_lab, tmp_path, name, allow_auto_converge=False, stall_passes=100, timeout=20, **CLEARTEXT)
 
     migration = result["migration"]
     assert result["failed"] is True
@@ -205,15 +207,14 @@ def test_post_copy_refused_by_the_destination_is_reported_and_skipped(running_la
 def test_post_copy_readiness_follows_the_stack(running_lab, tmp_path):
     """With vm.unprivileged_userfaultfd=0, post-copy is possible only where libvirt (>= 10.1) hands QEMU
     (>= 8.1) /dev/userfaultfd: host_info must say which, on either stack."""
-    with_sysctl = host_facts(running_lab, "hv2", tmp_path)["host"]
-    assert with_sysctl["post_copy"]["possible"] is True, with_sysctl["post_copy"]
-    with open(USERFAULTFD_SYSCTL, "w") as setting:
-        setting.write("0\n")
+    prepared = host_facts(running_lab, "hv2", tmp_path)["host"]
+    assert prepared["post_copy"]["possible"] is True, prepared["post_copy"]  # the hypervisor role saw to it
+    previous = Path(USERFAULTFD_SYSCTL).read_text()
+    Path(USERFAULTFD_SYSCTL).write_text("0\n")
     try:
         without = host_facts(running_lab, "hv2", tmp_path)["host"]
     finally:
-        with open(USERFAULTFD_SYSCTL, "w") as setting:
-            setting.write("1\n")
+        Path(USERFAULTFD_SYSCTL).write_text(previous)
     libvirt, qemu = (tuple(int(part) for part in without[key].split(".")[:2]) for key in ("libvirt_version",
                                                                                           "qemu_version"))
     device_serves = libvirt >= (10, 1) and qemu >= (8, 1) and Path("/dev/userfaultfd").exists()

@@ -12,7 +12,6 @@ from conftest import LAB_SH, REPO
 GUEST = "dirty"
 BANDWIDTH_MIB = 64
 MAX_DOWNTIME_MS = 500
-LAB_TRANSPORT = {"transport": "tcp", "allow_insecure": True}  # the lab's private bridge
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def run_shipped_playbook(running_lab, tmp_path, check=False):
     """Run playbooks/migrate.yml; return (exit code, printed output, the module's result)."""
     result_file = tmp_path / "migration.json"
     extra_vars = {"migrate_guest": GUEST, "migrate_source": "hv1", "migrate_destination": "hv2",
-                  "migrate_transport": "tcp", "migrate_allow_insecure": True, "migrate_bandwidth": BANDWIDTH_MIB,
+                  "migrate_bandwidth": BANDWIDTH_MIB,
                   "migrate_max_downtime_ms": MAX_DOWNTIME_MS, "migrate_result_file": str(result_file)}
     code, output = running_lab.playbook(REPO / "playbooks" / "migrate.yml", extra_vars, check=check)
     assert result_file.exists(), output
@@ -54,6 +53,7 @@ def test_migration_moves_the_running_guest(running_lab, dirty_guest, tmp_path):
     assert migrate["changed"] is True
     assert (migration["status"], migration["owner"], migration["source"], migration["destination"]) == (
         "completed", "hv2", "hv1", "hv2")
+    assert migration["transport"] == "tls"  # the playbook's default, with the certificates prepare_hosts issued
     # The guest runs on hv2 only, defined there, gone from hv1.
     assert running_lab.running_guests("hv2") == {dirty_guest}
     assert running_lab.defined_guests("hv1") == set()
@@ -93,7 +93,7 @@ def test_cleartext_transport_is_refused_without_allow_insecure(running_lab, dirt
 
 
 def test_unknown_guest_is_reported_on_neither_host(running_lab, tmp_path):
-    result = running_lab.module("hv1", {"name": "no-such-guest", "dest_host": "hv2", **LAB_TRANSPORT}, tmp_path)
+    result = running_lab.module("hv1", {"name": "no-such-guest", "dest_host": "hv2"}, tmp_path)
     assert result["failed"] is True
     assert "'no-such-guest' was found on neither hv1 nor hv2" in result["msg"]
 

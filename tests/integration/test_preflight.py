@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, lab, qemu_version
 
 GUEST = "preflighted"
-LAB_TRANSPORT = {"dest_host": "hv2", "transport": "tcp", "allow_insecure": True}
+LAB_TRANSPORT = {"dest_host": "hv2"}  # transport: tls, the default, with the certificates prepare_hosts issued
 AES_CPU = ("<cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model>"
            "<feature policy='require' name='aes'/></cpu>")
 BRIDGE = "kvmlmbr1"
@@ -74,7 +74,10 @@ def test_host_info_reports_tcg_honestly(running_lab, quiet_guest, tmp_path):
     assert host["uuid"] == lab("host-uuid", "hv1").stdout.strip()
     assert isinstance(host["memory"]["available_bytes"], int) and host["memory"]["available_bytes"] > 0
     assert host["migration_ports"] == {"min": 49152, "max": 49215}
-    assert host["post_copy"]["possible"] is True  # lab.sh up sets vm.unprivileged_userfaultfd=1
+    # The hypervisor role (lab.sh up) sets vm.unprivileged_userfaultfd=1 only where QEMU has no /dev/userfaultfd.
+    assert (host["post_copy"]["possible"], host["post_copy"]["via"]) == (
+        True, "device" if qemu_version() >= (8, 1) else "sysctl"), host["post_copy"]
+    assert (host["tls"]["configured"], host["tls"]["problems"]) == (True, []), host["tls"]
     assert host["qemu_version"].split(".")[:2] == [str(part) for part in qemu_version()]
     assert GUEST in jmespath.search(RUNNING_GUESTS, facts)
     assert {"auto_converge", "post_copy", "dirty_rate"} <= set(jmespath.search(SUPPORTED_FEATURES, facts))
@@ -90,11 +93,24 @@ def test_a_clean_pair_passes(running_lab, quiet_guest, tmp_path):
     assert result["ok"] is True
     assert {finding["status"] for finding in result["findings"]} == {"ok"}, result["findings"]
     checks = {finding["check"] for finding in result["findings"]}
-    assert checks == {"host_identity", "transport", "ports", "versions", "architecture", "machine_type", "cpu",
+    assert checks == {"host_identity", "transport", "tls", "ports", "versions", "architecture", "machine_type", "cpu",
                       "memory", "storage", "network", "devices", "guest_state", "migration_job", "destination_name",
                       "convergence"}
     assert any("in storage pool kvmlm-images" in finding["message"] for finding in findings(result, "storage"))
     assert "ratio" in findings(result, "convergence")[0]["message"]
+    assert_nothing_moved(running_lab, quiet_guest)
+
+
+@pytest.mark.stock
+def test_tls_missing_on_the_destination_fails_with_the_fix_before_anything_moves(running_lab, quiet_guest, tmp_path):
+    lab("exec", "hv2", "mv", "/etc/pki/qemu", "/etc/pki/qemu.moved")
+    try:
+        result = preflight(running_lab, tmp_path, quiet_guest)
+    finally:
+        lab("exec", "hv2", "mv", "/etc/pki/qemu.moved", "/etc/pki/qemu")
+    assert_fails_only(result, "tls",
+                      "hv2 has no /etc/pki/qemu, where QEMU reads the certificates to receive a migration",
+                      "run the kvm.live_migration.hypervisor role (playbook kvm.live_migration.prepare_hosts)")
     assert_nothing_moved(running_lab, quiet_guest)
 
 

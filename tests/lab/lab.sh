@@ -7,7 +7,10 @@
 # virtlogd, libvirtd (distinct host_uuid) and sshd. The image directory is shared by both
 # (shared storage). Guests run under TCG because nested KVM does not work on these machines.
 #
-#   lab.sh up                 bring the lab up (idempotent: tears down a half-built lab first)
+#   lab.sh up                 bring the lab up (idempotent: tears down a half-built lab first) and prepare both
+#                             hosts with kvm.live_migration.prepare_hosts; KVMLM_LAB_BARE=1 leaves them bare
+#                             (shared host UUID, no certificates, no SSH trust between them, userfaultfd 0)
+#   lab.sh prepare [ARGS]     run prepare_hosts on the lab (ARGS go to ansible-playbook, e.g. --check)
 #   lab.sh down               remove every namespace, link, process and file the lab created
 #   lab.sh status             print the lab's state; exits 1 when it is not up
 #   lab.sh check-clean        exits 1 and lists leftovers if anything of the lab remains
@@ -18,6 +21,7 @@
 #   lab.sh guest-intact HOST NAME [TIMEOUT_S]  wait until guest NAME swept its memory twice on HOST since any
 #                             other host's last line; exit 1 on a bad page, a crash or a restart
 #   lab.sh restart-libvirtd HOST          restart HOST's libvirtd (its guests keep running)
+#   lab.sh restart-libvirtd-here          the same from inside a host (the role's restart command)
 #   lab.sh host-uuid HOST [UUID|restore]  print HOST's libvirt host UUID, or set it (restarts libvirtd)
 #   lab.sh hide-cpu-feature HOST FEATURE  make HOST's libvirt see TCG's CPU without FEATURE (restarts libvirtd)
 #   lab.sh restore-cpu-features HOST      undo hide-cpu-feature
@@ -77,6 +81,8 @@ make_network() {
     done
 }
 
+# The controller's key and what it knows of the hosts: how Ansible (and lab.sh ssh) reach them. Trust between
+# the hypervisors themselves (root's key, known_hosts) is the hypervisor role's work: a bare lab has none.
 make_ssh_trust() {
     local dir=$LAB_STATE/ssh host
     mkdir -p "$dir"
@@ -84,16 +90,9 @@ make_ssh_trust() {
     cp "$dir/id_ed25519.pub" "$dir/authorized_keys"
     : >"$dir/known_hosts"
     for host in "${HOSTS[@]}"; do
-        ssh-keygen -q -t ed25519 -N '' -C "$host" -f "$LAB_STATE/$host/ssh_host_ed25519_key"
         printf '%s,%s %s\n' "$host" "${HOST_IP[$host]}" \
-            "$(cut -d' ' -f1,2 "$LAB_STATE/$host/ssh_host_ed25519_key.pub")" >>"$dir/known_hosts"
+            "$(cut -d' ' -f1,2 "$LAB_STATE/$host/etc-ssh/ssh_host_ed25519_key.pub")" >>"$dir/known_hosts"
     done
-    # What root's ssh client sees inside a hypervisor (libvirtd's qemu+ssh:// peer-to-peer link).
-    mkdir -p "$dir/root"
-    cp "$dir/id_ed25519" "$dir/id_ed25519.pub" "$dir/known_hosts" "$dir/root/"
-    printf 'Host *\n  StrictHostKeyChecking yes\n  BatchMode yes\n  User root\n' >"$dir/root/config"
-    chmod 700 "$dir/root"
-    chmod 600 "$dir/root/id_ed25519"
 }
 
 write_hosts_file() {
@@ -105,16 +104,25 @@ write_hosts_file() {
     } >"$LAB_STATE/hosts"
 }
 
+# A bare hypervisor: libvirt as the packages install it, with the host UUID $2 that both hosts share (as
+# cloned machines do), no certificates, no SSH trust between the hosts; the lab's own settings only. What
+# each host's hypervisor role writes lands in these per-host copies.
 make_host_tree() {
-    local host=$1 root=$LAB_STATE/$1
-    mkdir -p "$root"/{run,lib,log/qemu,cache}
+    local host=$1 shared_uuid=$2 root=$LAB_STATE/$1
+    mkdir -p "$root"/{run,lib,log/qemu,cache,pki,root-ssh}
+    chmod 0700 "$root/root-ssh"
     cp -a /etc/libvirt "$root/etc"
     cp -a /var/lib/libvirt/. "$root/lib/"
+    cp -a /etc/sysctl.d "$root/sysctl.d"
+    cp -a /etc/ssh "$root/etc-ssh"
+    rm -f "$root"/etc-ssh/ssh_host_*
+    ssh-keygen -q -t ed25519 -N '' -C "$host" -f "$root/etc-ssh/ssh_host_ed25519_key"
+    ssh-keygen -q -t ecdsa -N '' -C "$host" -f "$root/etc-ssh/ssh_host_ecdsa_key"
     rm -f "$root"/etc/qemu/networks/autostart/*.xml
     cat >>"$root/etc/libvirtd.conf" <<EOF
 
 # kvm.live_migration lab ($host)
-host_uuid = "$(cat /proc/sys/kernel/random/uuid)"
+host_uuid = "$shared_uuid"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 EOF
     cat >>"$root/etc/qemu.conf" <<EOF
@@ -124,11 +132,14 @@ remember_owner = 0
 # No systemd or writable cgroup hierarchy for a namespaced libvirtd: let QEMU run without cgroups.
 cgroup_controllers = [ ]
 EOF
+    # Inside the host /etc/ssh is its own copy; the controller's key is authorised through a lab file, root's
+    # authorized_keys (the peers' keys) is the role's.
     cat >"$root/sshd_config" <<EOF
 ListenAddress ${HOST_IP[$host]}
-HostKey $root/ssh_host_ed25519_key
+HostKey /etc/ssh/ssh_host_ed25519_key
+HostKey /etc/ssh/ssh_host_ecdsa_key
 PidFile /run/sshd.pid
-AuthorizedKeysFile $LAB_STATE/ssh/authorized_keys
+AuthorizedKeysFile .ssh/authorized_keys $LAB_STATE/ssh/authorized_keys
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -165,7 +176,10 @@ make_host_namespaces() {
                 mount --bind "$root/kvm" /dev/kvm
             fi
             mkdir -p /root/.ssh
-            mount --bind "$state/ssh/root" /root/.ssh
+            mount --bind "$root/root-ssh" /root/.ssh
+            mount --bind "$root/etc-ssh" /etc/ssh
+            mount --bind "$root/sysctl.d" /etc/sysctl.d
+            mount --bind "$root/pki" /etc/pki
             hostname "$host"
         ' sh "$root" "$host" "$LAB_STATE"
 }
@@ -208,16 +222,27 @@ make_image_pool() {
     in_host "$host" virsh -q -c qemu:///system pool-start kvmlm-images >/dev/null
 }
 
-# The pid file, not pgrep: the hosts share this machine's process namespace.
-cmd_restart_libvirtd() {
-    local host=${1:?host} pid tries=0
-    pid=$(cat "$LAB_STATE/$host/run/libvirtd.pid")
-    kill "$pid"
+# SIGTERM, and SIGKILL after 20 s: a libvirtd still probing QEMU when told to stop has been seen to hang
+# there. Guests survive either (QEMU is not libvirtd's child to kill).
+stop_libvirtd() {
+    local pid=$1 tries=0
+    kill "$pid" 2>/dev/null || return 0
     while kill -0 "$pid" 2>/dev/null; do
         tries=$((tries + 1))
-        [ $tries -lt 100 ] || die "libvirtd ($pid) on $host did not stop within 20 s"
+        if [ $tries -eq 100 ]; then
+            log "libvirtd ($pid) did not stop within 20 s: killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        [ $tries -lt 150 ] || die "libvirtd ($pid) did not stop, even killed"
         sleep 0.2
     done
+}
+
+# The pid file, not pgrep: the hosts share this machine's process namespace.
+cmd_restart_libvirtd() {
+    local host=${1:?host} pid
+    pid=$(cat "$LAB_STATE/$host/run/libvirtd.pid")
+    stop_libvirtd "$pid"
     in_host "$host" taskset -c 0 libvirtd -d
     wait_for_host "$host"
 }
@@ -305,11 +330,16 @@ write_inventory() {
         echo "  vars:"
         echo "    ansible_user: root"
         echo "    ansible_python_interpreter: $LAB_VENV/bin/python"
+        echo "    ansible_pipelining: true"
         echo "    ansible_ssh_private_key_file: $LAB_STATE/ssh/id_ed25519"
         echo "    ansible_ssh_common_args: >-"
         echo "      -o UserKnownHostsFile=$LAB_STATE/ssh/known_hosts -o StrictHostKeyChecking=yes"
         echo "      -o ControlMaster=auto -o ControlPersist=30s -o ControlPath=$LAB_STATE/cp-%C"
         echo "    kvmlm_lab_images: $LAB_IMAGES"
+        echo "    # The hypervisor role in the lab: TCG guests, no init system, the CA kept with the lab's state."
+        echo "    hypervisor_require_kvm: false"
+        echo "    hypervisor_libvirtd_restart_command: $HERE/lab.sh restart-libvirtd-here"
+        echo "    hypervisor_tls_ca_dir: $LAB_STATE/ca"
         echo "    kvmlm_lab_state: $LAB_STATE"
         echo "  children:"
         echo "    hypervisors:"
@@ -339,9 +369,16 @@ cmd_up() {
     make_network
     write_hosts_file
     local host
-    for host in "${HOSTS[@]}"; do make_host_tree "$host"; done
-    allow_post_copy
+    local shared_uuid
+    shared_uuid=$(cat /proc/sys/kernel/random/uuid)
+    for host in "${HOSTS[@]}"; do make_host_tree "$host" "$shared_uuid"; done
+    start_with_userfaultfd_closed
     make_ssh_trust
+    # The hosts' /etc/pki is bound over this mount point; Debian has none.
+    if [ ! -d /etc/pki ]; then
+        mkdir /etc/pki
+        touch "$LAB_STATE/etc-pki.made"
+    fi
     for host in "${HOSTS[@]}"; do
         make_host_namespaces "$host"
         start_daemons "$host"
@@ -351,7 +388,41 @@ cmd_up() {
         make_image_pool "$host"
     done
     write_inventory
+    if [ "${KVMLM_LAB_BARE:-0}" = 1 ]; then
+        log "up (bare: not prepared): hv1=${HOST_IP[hv1]} hv2=${HOST_IP[hv2]}; inventory $LAB_STATE/inventory.yml"
+        return
+    fi
+    cmd_prepare
     log "up: hv1=${HOST_IP[hv1]} hv2=${HOST_IP[hv2]}; inventory $LAB_STATE/inventory.yml"
+}
+
+# The collection's prepare_hosts playbook on both hosts (the hypervisor role: host UUIDs, qemu.conf, post-copy,
+# SSH trust, TLS certificates); extra arguments go to ansible-playbook (e.g. --check).
+cmd_prepare() {
+    local output=$LAB_STATE/prepare_hosts.log
+    log "preparing hv1 and hv2 with kvm.live_migration.prepare_hosts ($output)"
+    if ! ANSIBLE_COLLECTIONS_PATH=$("$HERE/collection-path.sh") ANSIBLE_NOCOLOR=1 \
+        "$LAB_VENV/bin/ansible-playbook" -i "$LAB_STATE/inventory.yml" kvm.live_migration.prepare_hosts "$@" \
+        >"$output" 2>&1; then
+        tail -n 40 "$output" >&2
+        die "prepare_hosts failed (see $output)"
+    fi
+    sed -n 's/^ *"msg": "\(hv[0-9]: .*\)"$/\1/p' "$output" >&2
+}
+
+# Run inside a hypervisor (the role's hypervisor_libvirtd_restart_command): restart its libvirtd, which has no
+# init system here.
+cmd_restart_libvirtd_here() {
+    local pid tries=0
+    pid=$(cat /run/libvirtd.pid 2>/dev/null || true)
+    [ -z "$pid" ] || stop_libvirtd "$pid"
+    taskset -c 0 libvirtd -d
+    tries=0
+    until virsh -q -c qemu:///system version >/dev/null 2>&1; do
+        tries=$((tries + 1))
+        [ $tries -lt 60 ] || die "libvirtd did not answer within 30 s after its restart"
+        sleep 0.5
+    done
 }
 
 lab_exists() {
@@ -390,10 +461,11 @@ kill_lab_processes() {
 # namespaced: the lab sets it for the whole machine and puts the previous value back when it goes.
 USERFAULTFD_SYSCTL=/proc/sys/vm/unprivileged_userfaultfd
 
-allow_post_copy() {
+# A bare lab starts with the sysctl at 0, as Debian ships it; the hypervisor role sets it where QEMU needs it.
+start_with_userfaultfd_closed() {
     [ -w "$USERFAULTFD_SYSCTL" ] || return 0
     cat "$USERFAULTFD_SYSCTL" >"$LAB_STATE/unprivileged_userfaultfd.before"
-    echo 1 >"$USERFAULTFD_SYSCTL"
+    echo 0 >"$USERFAULTFD_SYSCTL"
 }
 
 restore_post_copy_setting() {
@@ -419,6 +491,7 @@ cmd_down() {
     ip link del "$LAB_BRIDGE" 2>/dev/null || true
     umount "$LAB_STATE/ns" 2>/dev/null || true
     restore_post_copy_setting
+    if [ -e "$LAB_STATE/etc-pki.made" ]; then rmdir /etc/pki 2>/dev/null || log "/etc/pki is not empty: left"; fi
     rm -rf "$LAB_STATE"
     cmd_check_clean >/dev/null || die "teardown left things behind: $(cmd_check_clean 2>&1 | tr '\n' ' ')"
     log "down"
@@ -517,7 +590,8 @@ cmd_guest_start() {
     local host=${1:?host} name=${2:?name} memory=${3:-512} mib=${4:-64} rate=${5:-0} touch=${6:-${4:-64}}
     local xml=$LAB_STATE/$name.xml log="$LAB_STATE/$host/log/qemu/$name-serial.log" tries=0
     guest_xml "$name" "$memory" "$mib" "$rate" "$touch" >"$xml"
-    rm -f "$log"  # libvirt appends: a tick of an earlier guest of the same name must not count
+    # libvirt appends: the lines of an earlier guest of the same name, on any host, must not count
+    rm -f "$LAB_STATE"/hv*/log/qemu/"$name-serial.log"
     in_host "$host" virsh -q -c qemu:///system define "$xml" >/dev/null
     in_host "$host" virsh -q -c qemu:///system start "$name" >/dev/null
     until grep -q "KVMLM boot=.* tick=" "$log" 2>/dev/null; do
@@ -540,13 +614,15 @@ main() {
         guest-start) cmd_guest_start "$@" ;;
         guest-intact) "$LAB_VENV/bin/python" "$HERE/guest_intact.py" "$LAB_STATE" "$@" ;;
         restart-libvirtd) cmd_restart_libvirtd "$@" ;;
+        restart-libvirtd-here) cmd_restart_libvirtd_here ;;
+        prepare) cmd_prepare "$@" ;;
         host-uuid) cmd_host_uuid "$@" ;;
         hide-cpu-feature) cmd_hide_cpu_feature "$@" ;;
         restore-cpu-features) cmd_restore_cpu_features "$@" ;;
         deny-userfaultfd) cmd_deny_userfaultfd "$@" ;;
         allow-userfaultfd) cmd_allow_userfaultfd "$@" ;;
         inventory) echo "$LAB_STATE/inventory.yml" ;;
-        *) sed -n '2,28s/^# \{0,1\}//p' "$0"; [ -z "$cmd" ] || exit 2 ;;
+        *) sed -n '2,29s/^# \{0,1\}//p' "$0"; [ -z "$cmd" ] || exit 2 ;;
     esac
 }
 

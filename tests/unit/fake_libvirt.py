@@ -275,6 +275,9 @@ class FakeHost:
     volumes: dict = field(default_factory=dict)  # path -> (pool name, capacity in bytes)
     pools_free: dict = field(default_factory=dict)  # pool target directory -> free bytes
     cpu_compare_error: str | None = None  # compareHypervisorCPU fails with this message
+    files: dict = field(default_factory=dict)  # directory -> {name: (content bytes, mode, uid, gid)}: dir pools
+    storage_driver: bool = True
+    transient_pools: list = field(default_factory=list)  # names of the transient pools alive now
 
     def by_uuid(self, value):
         value = value.lower().replace("-", "")
@@ -448,6 +451,21 @@ class FakeConnection:
         pool, capacity = volumes[path]
         return FakeVolume(pool, capacity)
 
+    def storagePoolCreateXML(self, xml, flags=0):
+        host = self._host()
+        if not host.storage_driver:
+            raise libvirtError("this function is not supported by the connection driver: virStoragePoolCreateXML",
+                               C.VIR_ERR_NO_SUPPORT)
+        pool = ET.fromstring(xml)
+        path = pool.findtext("target/path")
+        if path not in host.files:
+            raise libvirtError(f"cannot open directory '{path}': No such file or directory", C.VIR_ERR_SYSTEM_ERROR)
+        host.transient_pools.append(pool.findtext("name"))
+        return FakeDirPool(host, pool.findtext("name"), path)
+
+    def newStream(self, flags=0):
+        return FakeStream()
+
     def storagePoolLookupByTargetPath(self, path):
         pools = self._host().pools_free
         if path not in pools:
@@ -564,6 +582,57 @@ class FakePool:
 
     def XMLDesc(self, flags=0):
         return f"<pool type='{self.kind}'><name>{self._name}</name></pool>"
+
+
+@dataclass
+class FakeDirPool:
+    """A transient dir pool over one of the host's ``files`` directories."""
+
+    host: FakeHost
+    _name: str
+    path: str
+
+    def listAllVolumes(self, flags=0):
+        return [FakeFile(self.path, name, entry) for name, entry in self.host.files[self.path].items()]
+
+    def storageVolLookupByName(self, name):
+        return FakeFile(self.path, name, self.host.files[self.path][name])
+
+    def destroy(self):
+        self.host.transient_pools.remove(self._name)
+
+
+@dataclass
+class FakeFile:
+    directory: str
+    _name: str
+    entry: tuple  # (content, mode, uid, gid)
+
+    def name(self):
+        return self._name
+
+    def XMLDesc(self, flags=0):
+        _content, mode, uid, gid = self.entry
+        return (f"<volume type='file'><name>{self._name}</name><target><path>{self.directory}/{self._name}</path>"
+                f"<permissions><mode>{mode:04o}</mode><owner>{uid}</owner><group>{gid}</group></permissions>"
+                "</target></volume>")
+
+    def download(self, stream, offset, length, flags=0):
+        content = self.entry[0]
+        stream.pending = content[offset:offset + length] if length else content[offset:]
+
+
+class FakeStream:
+    def __init__(self):
+        self.pending = b""
+        self.finished = False
+
+    def recv(self, nbytes):
+        chunk, self.pending = self.pending[:nbytes], self.pending[nbytes:]
+        return chunk
+
+    def finish(self):
+        self.finished = True
 
 
 @dataclass

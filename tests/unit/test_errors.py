@@ -21,6 +21,12 @@ RESOLVE_FIX = ("the source cannot resolve the destination's host name: add it to
                "source, or pass migrate_uri with an address")
 POSTCOPY_FIX = ("set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user), or give it "
                 "libvirt >= 10.1 and QEMU >= 8.1, which use /dev/userfaultfd, or do not permit post-copy")
+# Both measured in the lab: hv2 without /etc/pki/qemu, and hv1 without client-cert.pem (libvirt 11.3, QEMU 10.0).
+CREDENTIALS = ("internal error: unable to execute QEMU command 'object-add': Unable to access credentials "
+               "/etc/pki/qemu/ca-cert.pem: No such file or directory")
+TLS_CHANNEL = ("operation failed: job 'migration out' failed: Cannot read from TLS channel: The TLS connection was "
+               "non-properly terminated.")
+ROLE = "kvm.live_migration.hypervisor role"
 SSH_FIX = ("check that the source reaches the destination over SSH as the libvirtd user "
            "(key trust, known_hosts, firewall) with: ssh DESTINATION virsh -c qemu:///system version")
 
@@ -81,6 +87,16 @@ CPU_FIX = ("the destination's CPU lacks features of the guest's CPU: give the gu
 )
 def test_fix_for(message, code_name, expected):
     assert fix_for(message, code_name) == expected
+
+
+@pytest.mark.parametrize(("message", "words"), [
+    (CREDENTIALS, "QEMU cannot read its migration TLS certificates"),
+    (TLS_CHANNEL, "check the QEMU TLS certificates on both hosts"),
+], ids=["credentials", "tls-channel"])
+def test_tls_failures_name_the_hypervisor_role(message, words):
+    fix = fix_for(message, "VIR_ERR_INTERNAL_ERROR")
+    assert words in fix
+    assert ROLE in fix
 
 
 @pytest.mark.parametrize(

@@ -148,4 +148,4 @@ def test_result_as_dict_keys():
     assert list(MigrationResult(status="completed", owner="hv2", source="hv1", destination="hv2").as_dict()) == [
         "status", "owner", "source", "destination", "strategy", "actions", "total_time_ms", "downtime_ms",
         "downtime_net_ms", "setup_time_ms", "data_sent_bytes", "data_total_bytes", "passes", "final_ratio",
-        "prediction", "timeline", "error", "hosts"]
+        "prediction", "timeline", "error", "hosts", "transport"]

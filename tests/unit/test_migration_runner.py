@@ -86,6 +86,7 @@ def test_completed_result(cloud, hv1, clock):
         "actions": [], "total_time_ms": 1712, "downtime_ms": 31, "downtime_net_ms": 29, "setup_time_ms": 2,
         "data_sent_bytes": 1_200_000_000, "data_total_bytes": GIB, "passes": 4, "final_ratio": 0.125,
         "prediction": UNCAPPED_PREDICTION, "error": None, "hosts": {"source": "absent", "destination": "running"},
+        "transport": "tls",
         "timeline": [
             {"pass": 1, "time_ms": 0, "remaining_bytes": 900 * MIB, "processed_bytes": 124 * MIB,
              "dirty_rate_bps": 0, "transfer_rate_bps": 64 * MIB, "ratio": None, "expected_downtime_ms": 300,
@@ -263,7 +264,7 @@ def test_run_without_migrating(cloud, hv1, hv2, clock, on_hv1, on_hv2, check_mod
         "actions": [], "total_time_ms": None, "downtime_ms": None, "downtime_net_ms": None, "setup_time_ms": None,
         "data_sent_bytes": None, "data_total_bytes": None, "passes": None, "final_ratio": None,
         "prediction": UNCAPPED_PREDICTION if status == "would_migrate" else None, "timeline": [], "error": None,
-        "hosts": {"source": state_name(on_hv1), "destination": state_name(on_hv2)}}
+        "hosts": {"source": state_name(on_hv1), "destination": state_name(on_hv2)}, "transport": "tls"}
     assert result.changed is changed
     assert where(cloud) == before
     assert [(job.flags, job.max_downtime) for job in jobs] == [(None, [])] * len(jobs)

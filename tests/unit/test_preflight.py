@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import jmespath
 import pytest
 from conftest import DEST_URI, SOURCE_URI
 from fake_libvirt import GIB, GuestArchCaps
+from pki import NOW, Authority, qemu_directory
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
@@ -29,13 +31,14 @@ DISK = ("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><sour
         "<target dev='vda' bus='virtio'/></disk>")
 
 
-def run_preflight(lv, clock, probe="refused", root="/nonexistent", **options):
+def run_preflight(lv, clock, probe="refused", root="/nonexistent", qemu_ids=None, wall_clock=None, **options):
     request = PreflightRequest(name="db01", dest_uri=options.pop("dest_uri", DEST_URI),
                                transport=options.pop("transport", "ssh"), **options)
     with Hypervisor(SOURCE_URI, libvirt_module=lv) as source:
         surroundings = Surroundings(resolve=lambda name: ("10.0.0.12",),
                                     probe_port=lambda host, port: PortProbe(host, port, probe), clock=clock,
-                                    wait=clock.wait, root=root)
+                                    wait=clock.wait, root=root, qemu_ids=qemu_ids,
+                                    wall_clock=wall_clock or NOW.timestamp)
         preflight = Preflight(source, request, surroundings)
         return preflight.run().as_dict()
 
@@ -54,7 +57,7 @@ def test_a_clean_pair_passes_every_check(lv, clock, db01):
     assert result["ok"] is True, result
     assert result["failed_checks"] == []
     assert (result["source"], result["destination"], result["already_migrated"]) == ("hv1", "hv2", False)
-    assert [f["check"] for f in result["findings"]] == [c for c in CHECKS if c != "convergence"]
+    assert [f["check"] for f in result["findings"]] == [c for c in CHECKS if c not in ("convergence", "tls")]
     assert {f["status"] for f in result["findings"]} == {"ok"}
     assert all(f["fix"] is None for f in result["findings"])
 
@@ -234,10 +237,48 @@ def test_a_firewalled_migration_port_fails(lv, clock, db01):
     assert "a firewall drops the migration traffic" in failed(result)["ports"]["message"]
 
 
-def test_tls_without_client_certificates_fails_on_the_source(lv, clock, db01, tmp_path):
-    result = run_preflight(lv, clock, transport="tls", root=str(tmp_path))
-    assert "lacks QEMU's TLS client files ca-cert.pem, client-cert.pem, client-key.pem in /etc/pki/qemu" in \
-        failed(result)["transport"]["message"]
+def tls_source_root(tmp_path, files):
+    directory = tmp_path / "etc/pki/qemu"
+    directory.mkdir(parents=True)
+    for name, content in files.items():
+        (directory / name).write_bytes(content)
+        os.chmod(directory / name, 0o640 if "key" in name else 0o644)
+    return str(tmp_path)
+
+
+def tls_files_on(host, files):
+    host.files["/etc/pki/qemu"] = {name: (content, 0o640 if "key" in name else 0o644, 0, os.getgid())
+                                   for name, content in files.items()}
+
+
+def run_tls_preflight(lv, clock, root):
+    return run_preflight(lv, clock, transport="tls", root=root, qemu_ids=(None, os.getgid()),
+                         wall_clock=NOW.timestamp)
+
+
+def test_tls_is_checked_on_both_hosts_through_libvirt(lv, clock, db01, hv2, tmp_path):
+    authority = Authority()
+    tls_files_on(hv2, qemu_directory(authority, "hv2"))
+    result = run_tls_preflight(lv, clock, tls_source_root(tmp_path, qemu_directory(authority, "hv1")))
+    tls = next(f for f in result["findings"] if f["check"] == "tls")
+    assert (tls["status"], result["ok"]) == ("ok", True), result["findings"]
+    assert "hv1 can send (/etc/pki/qemu) and hv2 can receive (/etc/pki/qemu)" in tls["message"]
+    assert hv2.transient_pools == []
+
+
+def test_tls_missing_on_the_destination_fails_with_the_role_as_fix(lv, clock, db01, tmp_path):
+    result = run_tls_preflight(lv, clock, tls_source_root(tmp_path, qemu_directory(Authority(), "hv1")))
+    assert list(failed(result)) == ["tls"]
+    assert "hv2 has no /etc/pki/qemu, where QEMU reads the certificates to receive a migration" in \
+        failed(result)["tls"]["message"]
+    assert "kvm.live_migration.hypervisor" in failed(result)["tls"]["fix"]
+
+
+def test_tls_without_client_certificates_fails_on_the_source(lv, clock, db01, hv2, tmp_path):
+    tls_files_on(hv2, qemu_directory(Authority(), "hv2"))
+    result = run_tls_preflight(lv, clock, str(tmp_path))
+    assert "hv1 has no /etc/pki/qemu, where QEMU reads the certificates to send a migration" in \
+        failed(result)["tls"]["message"]
 
 
 def test_a_guest_already_on_the_destination_has_nothing_to_check(cloud, lv, clock, hv2):

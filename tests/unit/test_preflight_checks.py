@@ -266,17 +266,11 @@ def test_same_host_uuid_fix_says_where_to_set_it():
     assert "host_uuid in /etc/libvirt/libvirtd.conf" in finding.fix
 
 
-CLIENT_FILES = {"configured": False, "can_send": True, "cert_dir": "/etc/pki/qemu", "missing": ["server-key.pem"]}
-
-
 @pytest.mark.parametrize(("transport", "options", "status", "words"), [
     ("ssh", {}, "ok", "answers at qemu+ssh://hv2/system"),
     ("ssh", {"connect_error": MigrationError("connecting failed: Host key verification failed", fix="trust it")},
      "fail", "Host key verification failed"),
-    ("tls", {"tls": CLIENT_FILES}, "ok", "has QEMU's TLS client certificates"),
-    ("tls", {"tls": {**CLIENT_FILES, "can_send": False, "missing": ["client-key.pem"]}}, "fail",
-     "lacks QEMU's TLS client files client-key.pem"),
-    ("tls", {}, "ok", "were not read"),
+    ("tls", {}, "ok", "answers at qemu+ssh://hv2/system"),
     ("ssh", {"module_on_source": False}, "warn", "not from the source"),
 ])
 def test_transport(transport, options, status, words):

@@ -195,9 +195,12 @@ class Lab:
                 pytest.xfail(f"{WRITE_LOSS}: {damage}")
             raise
 
-    def playbook(self, playbook, extra_vars=None, check=False):
-        """Run a playbook; return (exit code, its output)."""
+    def playbook(self, playbook, extra_vars=None, check=False, more_inventory=None):
+        """Run a playbook (``more_inventory``: another inventory source on top of the lab's); return (exit code, its
+        output)."""
         command = [str(VENV / "bin" / "ansible-playbook"), "-i", str(self.inventory), str(playbook)]
+        if more_inventory:
+            command[3:3] = ["-i", str(more_inventory)]
         for key, value in (extra_vars or {}).items():
             command += ["-e", json.dumps({key: value})]
         if check:

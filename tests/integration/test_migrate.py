@@ -84,6 +84,20 @@ def test_second_run_finds_the_guest_already_migrated(running_lab, dirty_guest, t
     assert running_lab.running_guests("hv2") == {dirty_guest}
 
 
+def test_the_shipped_playbook_takes_its_options_from_the_inventory(running_lab, dirty_guest, tmp_path):
+    """An inventory group variable reaches the migration (it was a play variable, which outranks the inventory)."""
+    inventory = tmp_path / "override.yml"
+    inventory.write_text("all:\n  children:\n    hypervisors:\n      vars:\n        migrate_transport: tcp\n"
+                         "      hosts:\n        hv2: {}\n")
+    code, output = running_lab.playbook(REPO / "playbooks" / "migrate.yml", {
+        "migrate_guest": dirty_guest, "migrate_source": "hv2", "migrate_destination": "hv1"}, check=True,
+        more_inventory=inventory)
+    assert code != 0, output
+    assert "transport=tcp sends the guest's memory across the network unencrypted" in output
+    assert running_lab.running_guests("hv2") == {dirty_guest}
+    assert running_lab.defined_guests("hv1") == set()
+
+
 def test_cleartext_transport_is_refused_without_allow_insecure(running_lab, dirty_guest, tmp_path):
     result = running_lab.module("hv2", {"name": dirty_guest, "dest_host": "hv1", "transport": "tcp"}, tmp_path)
     assert result["failed"] is True

@@ -356,27 +356,28 @@ def tls_status(cert_dir, present):
             "missing": sorted(set(missing_client) | set(missing_server))}
 
 
-def qemu_identity(root="/"):
-    """(user, group) QEMU runs as on this host: qemu.conf's, else the distribution's default that exists."""
+def qemu_process_ids(root="/"):
+    """(uid, gid) QEMU runs as on this host, from qemu.conf's user and group (names or numbers, "+N" too), else the
+    distribution's default account that exists; None where unknown."""
     import grp  # noqa: PLC0415 - POSIX only
     import pwd  # noqa: PLC0415
 
     settings = parse_qemu_conf(_read(Path(root) / "etc/libvirt/qemu.conf") or "")
 
-    def first_existing(database, names):
-        return next((name for name in names if _exists_in(database, name)), names[0])
+    def lookup(database, configured):
+        for name in [configured] if configured else ["libvirt-qemu", "qemu"]:
+            number = str(name).lstrip("+")
+            if number.isdigit():
+                return int(number)
+            try:
+                return database(str(name))[2]
+            except KeyError:
+                continue
+        return None
 
-    user = settings.get("user") or first_existing(pwd.getpwnam, ("libvirt-qemu", "qemu"))
-    group = settings.get("group") or first_existing(grp.getgrnam, ("libvirt-qemu", "qemu"))
-    return str(user), str(group)
-
-
-def _exists_in(database, name):
-    try:
-        database(name)
-    except KeyError:
-        return False
-    return True
+    user = settings.get("user")
+    uid = 0 if user in ("root", "0") else lookup(pwd.getpwnam, user)
+    return uid, lookup(grp.getgrnam, settings.get("group"))
 
 
 def read_migration_config(root="/", versions=None):

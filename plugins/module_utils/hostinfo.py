@@ -21,7 +21,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.features import
 from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import (
     LocalFilesystems,
     probe_kvm,
-    qemu_identity,
+    qemu_process_ids,
     read_kernel_view,
     read_migration_config,
     virtualization_status,
@@ -31,7 +31,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml impo
     SHARED_POOL_TYPES,
     parse_guest,
 )
-from ansible_collections.kvm.live_migration.plugins.module_utils.tlsfiles import qemu_ids, read_local_directory
+from ansible_collections.kvm.live_migration.plugins.module_utils.tlsfiles import read_local_directory
 
 
 def remote_view_reason(uri):
@@ -99,7 +99,7 @@ class HostInfo:
         name, keys its QEMU can read. ``configured`` is true when nothing fails."""
         directory = read_local_directory(hostname, cert_dir, self.root)
         finding = check_tls(TlsPair(directory, directory, hostname, self.wall_clock(),
-                                    qemu_ids(*qemu_identity(self.root))))
+                                    qemu_process_ids(self.root)))
         return {"configured": finding.status != "fail",
                 "problems": [] if finding.status == "ok" else [finding.message.removeprefix("transport=tls: ")]}
 

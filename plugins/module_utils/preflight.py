@@ -40,7 +40,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts impor
     DEFAULT_MIGRATION_PORTS,
     QEMU_TLS_DIR,
     LocalFilesystems,
-    qemu_identity,
+    qemu_process_ids,
     read_migration_config,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobs import measure_dirty_rate
@@ -53,7 +53,6 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.policy import p
 from ansible_collections.kvm.live_migration.plugins.module_utils.probes import probe_tcp_port, resolve_host
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import validate_preflight_request
 from ansible_collections.kvm.live_migration.plugins.module_utils.tlsfiles import (
-    qemu_ids,
     read_local_directory,
     read_remote_directory,
 )
@@ -198,7 +197,7 @@ class Preflight:
         if self.module_on_source:
             cert_dir = read_migration_config(self.root)["tls"]["cert_dir"]
             source_dir = read_local_directory(source_name, cert_dir, self.root)
-            ids = self.qemu_ids or qemu_ids(*qemu_identity(self.root))
+            ids = self.qemu_ids or qemu_process_ids(self.root)
         else:
             cert_dir = QEMU_TLS_DIR
             source_dir = read_remote_directory(self.source, cert_dir)

@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import (
+    QEMU_TLS_CLIENT_FILES,
+    QEMU_TLS_SERVER_FILES,
+)
+
 try:
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
@@ -31,8 +36,8 @@ except ImportError:  # judged without the certificates' contents; the finding sa
     x509 = None
 
 CA_CERT = "ca-cert.pem"
-CLIENT_FILES = ("ca-cert.pem", "client-cert.pem", "client-key.pem")
-SERVER_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem")
+CLIENT_FILES = QEMU_TLS_CLIENT_FILES
+SERVER_FILES = QEMU_TLS_SERVER_FILES
 CERTIFICATES = ("ca-cert.pem", "server-cert.pem", "client-cert.pem")
 KEY_OF = {"server-cert.pem": "server-key.pem", "client-cert.pem": "client-key.pem"}
 MAX_CERTIFICATE_BYTES = 256 * 1024
@@ -289,21 +294,3 @@ def key_readable_by_qemu(file, qemu_uid, qemu_gid):
     if qemu_gid is not None and file.gid == qemu_gid and file.mode & stat.S_IRGRP:
         return True
     return bool(file.mode & stat.S_IROTH)
-
-
-def qemu_ids(user, group):
-    """(uid, gid) of QEMU's user and group on this host, None where unknown."""
-    import grp  # noqa: PLC0415 - POSIX only, like the hosts this runs on
-    import pwd  # noqa: PLC0415
-
-    def lookup(database, name):
-        number = str(name).lstrip("+")  # qemu.conf may name the user "+64055"
-        if number.isdigit():
-            return int(number)
-        try:
-            return database(name)[2]
-        except (KeyError, TypeError):
-            return None
-
-    uid = 0 if user in ("root", "0") else lookup(pwd.getpwnam, user)
-    return uid, lookup(grp.getgrnam, group)

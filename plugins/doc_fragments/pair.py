@@ -10,7 +10,8 @@ class ModuleDocFragment:
 
     Mirrors ``module_utils/module_support.py``'s PAIR_ARGUMENT_SPEC (source_uri is in the libvirt fragment);
     ``ansible-test sanity`` (validate-modules) checks that they agree.
-    Use as ``extends_documentation_fragment: [kvm.live_migration.libvirt, kvm.live_migration.pair]``.
+    Use as ``extends_documentation_fragment: [kvm.live_migration.libvirt, kvm.live_migration.pair,
+    kvm.live_migration.pair.transport]``.
     """
 
     DOCUMENTATION = r"""
@@ -30,12 +31,17 @@ options:
       - Host name of the destination hypervisor. Shorthand for O(dest_uri=qemu+ssh://DEST_HOST/system).
       - The source's libvirtd (usually root) must trust the destination's SSH host key and log in with a key.
     type: str
+"""
+
+    # How the memory travels: the pair's modules and evacuate (kvm.live_migration.pair.transport).
+    TRANSPORT = r"""
+options:
   transport:
     description:
       - How the guest's memory travels.
       - V(tls) uses QEMU's native TLS; both hosts need libvirt's migration certificates.
-      - V(ssh) tunnels the data through the libvirt connection (O(dest_uri) must be C(qemu+ssh://)); slower, and it
-        cannot be combined with post-copy or parallel connections.
+      - V(ssh) tunnels the data through the libvirt connection (the destination URI must be C(qemu+ssh://));
+        slower, and it cannot be combined with post-copy or parallel connections.
       - V(tcp) sends the data unencrypted and is refused unless O(allow_insecure=true).
     type: str
     choices: [tls, ssh, tcp]

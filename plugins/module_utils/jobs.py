@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError, libvirt_errors
+from ansible_collections.kvm.live_migration.plugins.module_utils.errors import from_libvirt_error
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample, progress
 from ansible_collections.kvm.live_migration.plugins.module_utils.units import MIB
 
@@ -40,20 +40,28 @@ def measure_dirty_rate(lv, conn, domain, clock, wait):
 
 
 def read_job(hypervisor, name):
-    """(live progress, completed statistics or None) of the guest's job on ``hypervisor``."""
+    """(live progress, completed statistics or None, whether ``hypervisor`` still has the guest).
+
+    A guest this host no longer has (it migrated away and was undefined here) has no job: that is an
+    answer, not an error, so a poll that outlives the migration ends cleanly.
+    """
     lv = hypervisor.lv
     domain = hypervisor.find_domain(name)
     state = None if domain is None else hypervisor.describe(domain)
     if state is None:
-        raise MigrationError(f"guest {name!r} is not on {hypervisor.uri}",
-                             fix="query the hypervisor that runs the guest (the migration's source)")
+        return {"active": False}, None, False
     if not (state.running or state.paused):
-        return {"active": False}, None  # a stopped guest has no job, and libvirt refuses to read one
-    with libvirt_errors(lv, f"reading the job statistics of {name!r}"):
+        return {"active": False}, None, True  # a stopped guest has no job, and libvirt refuses to read one
+    try:
         stats = domain.jobStats()
+    except lv.libvirtError as error:
+        if error.get_error_code() in (lv.VIR_ERR_NO_DOMAIN, lv.VIR_ERR_OPERATION_INVALID):
+            return {"active": False}, None, False  # gone, or stopped, between the lookup and the call
+        raise from_libvirt_error(lv, error, f"reading the job statistics of {name!r}") from error
     if stats.get("type") not in (None, lv.VIR_DOMAIN_JOB_NONE):
-        return {"active": True, **progress(JobSample.from_stats(stats, stats.get("time_elapsed") or 0))}, None
-    return {"active": False}, completed_job_stats(lv, domain)
+        sample = JobSample.from_stats(stats, stats.get("time_elapsed") or 0)
+        return {"active": True, **progress(sample)}, None, True
+    return {"active": False}, completed_job_stats(lv, domain), True
 
 
 def completed_job_stats(lv, domain):

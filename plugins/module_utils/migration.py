@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 
-from ansible_collections.kvm.live_migration.plugins.module_utils.connection import binding_names
+from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor, binding_names
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import (
     MigrationError,
     from_libvirt_error,
@@ -30,7 +30,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.errors import (
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.features import detect_features
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobs import completed_job_stats, measure_dirty_rate
-from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample, Timeline
+from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample, Timeline, progress
 from ansible_collections.kvm.live_migration.plugins.module_utils.ownership import Ownership
 from ansible_collections.kvm.live_migration.plugins.module_utils.policy import Steering, predict, steer
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import (
@@ -73,7 +73,9 @@ class MigrationRunner:
 
     def __init__(self, source, monitor, destination, request, clock=time.monotonic, wait=None):
         """``source`` and ``monitor`` are two open Hypervisors on the source, ``destination`` one on the
-        destination. ``wait(seconds, event)`` sleeps at most ``seconds`` or until ``event`` is set."""
+        destination. ``wait(seconds, event)`` sleeps at most ``seconds`` or until ``event`` is set.
+        Set ``on_progress(fields)`` to receive each sample's progress (``jobstats.progress``, with the strategy)."""
+        self.on_progress = None
         self.source = source
         self.monitor = monitor
         self.destination = destination
@@ -210,6 +212,8 @@ class MigrationRunner:
                 aborted = self._over_budget(watched, outcome, reason) if reason else False
                 aborted = aborted or self._steer(watched, outcome, sample)
                 self.timeline.add(sample, self.steering.downtime_limit_ms)  # the limit in force after this sample
+                if self.on_progress is not None:
+                    self.on_progress({**progress(sample), "strategy": self.steering.strategy})
                 if aborted:
                     return
             self.wait(self.request.poll_interval_s, outcome.finished)
@@ -404,6 +408,16 @@ class MigrationRunner:
 
     def _judged(self, index, helped):
         self._steps[index]["helped"] = helped
+
+
+def migrate_guest(source_uri, request, check_mode=False, on_progress=None, libvirt_module=None):
+    """Validate ``request``, open the three connections a migration needs and run it; the MigrationResult."""
+    validate_request(request)  # a bad option is reported before any connection
+    with (Hypervisor(source_uri, libvirt_module) as source, Hypervisor(source_uri, libvirt_module, events=True) as
+          monitor, Hypervisor(request.dest_uri, libvirt_module) as destination):
+        runner = MigrationRunner(source, monitor, destination, request)
+        runner.on_progress = on_progress
+        return runner.run(check_mode)
 
 
 def budget_exceeded(sample, timeout_s, max_data_bytes, max_data_factor):

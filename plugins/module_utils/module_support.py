@@ -11,17 +11,42 @@ from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import client_versions
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
-from ansible_collections.kvm.live_migration.plugins.module_utils.request import TRANSPORTS
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import COMPRESSION_METHODS, TRANSPORTS, ssh_uri
 
 # Options of every module that acts on a guest and a pair of hypervisors (migrate, preflight).
+# How the memory travels (doc_fragments/pair.py's TRANSPORT): the pair's modules and evacuate.
+TRANSPORT_ARGUMENT_SPEC = {
+    "transport": {"type": "str", "choices": list(TRANSPORTS), "default": "tls"},
+    "allow_insecure": {"type": "bool", "default": False},
+}
 PAIR_ARGUMENT_SPEC = {
     "name": {"type": "str", "required": True},
     "source_uri": {"type": "str", "default": "qemu:///system"},
     "dest_uri": {"type": "str"},
     "dest_host": {"type": "str"},
-    "transport": {"type": "str", "choices": list(TRANSPORTS), "default": "tls"},
-    "allow_insecure": {"type": "bool", "default": False},
+    **TRANSPORT_ARGUMENT_SPEC,
 }
+# How each migration is steered and bounded (mirrored by doc_fragments/convergence.py); the bandwidth is each
+# module's own (one migration's cap, or evacuate's total).
+CONVERGENCE_ARGUMENT_SPEC = {
+    "max_downtime_ms": {"type": "int", "default": 500},
+    "timeout": {"type": "int"},
+    "max_data_factor": {"type": "float", "default": 5.0},
+    "poll_interval": {"type": "float", "default": 0.25},
+    "convergence_threshold": {"type": "float", "default": 0.8},
+    "stall_passes": {"type": "int", "default": 2, "no_log": False},  # counts passes, not a password
+    "allow_auto_converge": {"type": "bool", "default": True},
+    "allow_post_copy": {"type": "bool", "default": False},
+    "measure_dirty_rate": {"type": "bool", "default": True},
+    "parallel_connections": {"type": "int"},
+    "compression": {"type": "list", "elements": "str", "choices": list(COMPRESSION_METHODS)},
+}
+# Progress lines while the module runs in the background (mirrored by doc_fragments/progress.py).
+PROGRESS_ARGUMENT_SPEC = {
+    "progress_interval": {"type": "float", "default": 5},
+    "progress_path": {"type": "path"},
+}
+MIN_PROGRESS_INTERVAL_S, MAX_PROGRESS_INTERVAL_S = 1, 10
 PAIR_CONSTRAINTS = {"required_one_of": [("dest_uri", "dest_host")], "mutually_exclusive": [("dest_uri", "dest_host")]}
 
 
@@ -32,7 +57,7 @@ _TUPLE_OPTIONS = ("compression", "migrate_disks")
 
 def destination_uri(params):
     """dest_uri, or the qemu+ssh:// URI that dest_host stands for."""
-    return params["dest_uri"] or f"qemu+ssh://{params['dest_host']}/system"
+    return params["dest_uri"] or ssh_uri(params["dest_host"])
 
 
 def build_request(request_class, params):
@@ -44,6 +69,15 @@ def build_request(request_class, params):
         if name in fields:
             values[name] = tuple(value or ()) if option in _TUPLE_OPTIONS else value
     return request_class(**{**values, "dest_uri": destination_uri(params)})
+
+
+def validate_progress(params):
+    """progress_interval within its range (0 turns the progress lines off)."""
+    interval = params.get("progress_interval")
+    if interval and not MIN_PROGRESS_INTERVAL_S <= interval <= MAX_PROGRESS_INTERVAL_S:
+        raise MigrationError(f"progress_interval={interval} is outside {MIN_PROGRESS_INTERVAL_S}-"
+                             f"{MAX_PROGRESS_INTERVAL_S} s", fix="give the seconds between progress lines, e.g. 5, "
+                                                                 "or 0 for none")
 
 
 def run_engine(module, work, libvirt_import_error):

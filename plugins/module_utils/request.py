@@ -127,6 +127,11 @@ def _validate_data_path(request):
                              fix="set copy_storage: all or incremental, or drop migrate_disks for shared storage")
 
 
+def ssh_uri(host):
+    """The libvirt URI a destination host name stands for: its system daemon over SSH."""
+    return f"qemu+ssh://{host}/system"
+
+
 def default_timeout_s(memory_bytes):
     """The completion budget when the user gives none: 150 s per GiB of guest RAM, at least 60 s."""
     return max(MIN_TIMEOUT_S, int(TIMEOUT_S_PER_GIB * memory_bytes / GIB))

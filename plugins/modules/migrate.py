@@ -37,64 +37,6 @@ options:
       - Bandwidth cap of the migration in MiB/s. V(0) leaves libvirt's default.
     type: int
     default: 0
-  max_downtime_ms:
-    description:
-      - The longest pause of the guest accepted for the final switch-over, in milliseconds (the downtime budget).
-      - The limit given to QEMU starts at 100 ms (or lower budgets) and is raised only to what the measured
-        remaining data needs, at most to the budget minus a reserve (15 %, at least 50 ms) for the device state and
-        the hand-over that QEMU's limit does not cover.
-    type: int
-    default: 500
-  convergence_threshold:
-    description:
-      - A pass whose convergence ratio (dirty rate / transfer rate) is at least this value does not converge.
-      - Between 0 and 1.
-    type: float
-    default: 0.8
-  stall_passes:
-    description:
-      - Non-converging passes in a row that trigger the next escalation step, and passes to wait after a step
-        before judging whether it helped.
-    type: int
-    default: 2
-  allow_auto_converge:
-    description:
-      - Permit auto-converge, QEMU's throttling of the guest's vCPUs while it dirties memory faster than it is sent.
-      - libvirt cannot enable it after the start, so it is armed from the start. QEMU throttles only a guest that
-        dirties more than half of what is sent, in two one-second looks in a row.
-      - The throttle starts at the strongest level whose vCPU stops fit O(max_downtime_ms), or higher if the
-        measured dirty rate needs it, then steps to 99 %. At throttle t QEMU stops a vCPU for t / (1 - t) x 10 ms
-        after each 10 ms of running, so a 500 ms budget gives 98 %. A short strong throttle costs the guest less
-        than libvirt's default of 20 % + 10 % per step.
-    type: bool
-    default: true
-  allow_post_copy:
-    description:
-      - Permit post-copy. The guest then runs on the destination, which fetches the memory it still lacks from the
-        source. A network failure during post-copy leaves no complete copy on either host until it is recovered,
-        so it is off by default.
-      - Needs C(vm.unprivileged_userfaultfd=1) on the destination when QEMU runs as a non-root user; the module
-        detects a refusal and goes on without post-copy, recording why.
-      - Not available with O(transport=ssh).
-    type: bool
-    default: false
-  measure_dirty_rate:
-    description:
-      - Measure the guest's dirty rate for one second before moving (libvirt's dirty-rate calculation) to predict
-        convergence and choose the starting strategy and throttle. Reported as RV(migration.prediction).
-      - Skipped, with a recorded reason, where libvirt or QEMU cannot measure it.
-    type: bool
-    default: true
-  parallel_connections:
-    description:
-      - Send memory over this many connections (multifd). Not available with O(transport=ssh).
-    type: int
-  compression:
-    description:
-      - Compression methods for the memory stream.
-    type: list
-    elements: str
-    choices: [xbzrle, mt, zlib, zstd]
   copy_storage:
     description:
       - Copy the guest's disks too, for hosts without shared storage.
@@ -125,24 +67,12 @@ options:
     description:
       - Address the destination's QEMU listens on for the incoming migration.
     type: str
-  timeout:
-    description:
-      - Seconds the migration may take before it is aborted.
-      - By default 150 s per GiB of guest memory, at least 60 s.
-    type: int
-  max_data_factor:
-    description:
-      - Abort when the bytes sent exceed this multiple of the guest's memory.
-    type: float
-    default: 5.0
-  poll_interval:
-    description:
-      - Seconds between two readings of the migration's statistics (0.05 to 1).
-    type: float
-    default: 0.25
 extends_documentation_fragment:
   - kvm.live_migration.libvirt
   - kvm.live_migration.pair
+  - kvm.live_migration.pair.transport
+  - kvm.live_migration.convergence
+  - kvm.live_migration.progress
   - kvm.live_migration.attributes
   - kvm.live_migration.attributes.actiongroups
 attributes:
@@ -322,50 +252,46 @@ migration:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kvm.live_migration.plugins.module_utils.connection import LIBVIRT_IMPORT_ERROR, Hypervisor
-from ansible_collections.kvm.live_migration.plugins.module_utils.migration import MigrationRunner
+from ansible_collections.kvm.live_migration.plugins.module_utils.connection import LIBVIRT_IMPORT_ERROR
+from ansible_collections.kvm.live_migration.plugins.module_utils.migration import migrate_guest
 from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import (
+    CONVERGENCE_ARGUMENT_SPEC,
     PAIR_ARGUMENT_SPEC,
     PAIR_CONSTRAINTS,
+    PROGRESS_ARGUMENT_SPEC,
     build_request,
     run_engine,
+    validate_progress,
 )
-from ansible_collections.kvm.live_migration.plugins.module_utils.request import (
-    COMPRESSION_METHODS,
-    COPY_STORAGE,
-    MigrationRequest,
-    validate_request,
-)
+from ansible_collections.kvm.live_migration.plugins.module_utils.progress import ProgressBoard
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import COPY_STORAGE, MigrationRequest
 
 ARGUMENT_SPEC = {
     **PAIR_ARGUMENT_SPEC,
+    **CONVERGENCE_ARGUMENT_SPEC,
+    **PROGRESS_ARGUMENT_SPEC,
     "bandwidth": {"type": "int", "default": 0},
-    "max_downtime_ms": {"type": "int", "default": 500},
     "persistent": {"type": "bool", "default": True},
     "undefine_source": {"type": "bool", "default": True},
     "migrate_uri": {"type": "str"},
     "listen_address": {"type": "str"},
-    "timeout": {"type": "int"},
-    "max_data_factor": {"type": "float", "default": 5.0},
-    "poll_interval": {"type": "float", "default": 0.25},
-    "convergence_threshold": {"type": "float", "default": 0.8},
-    "stall_passes": {"type": "int", "default": 2, "no_log": False},  # counts passes, not a password
-    "allow_auto_converge": {"type": "bool", "default": True},
-    "allow_post_copy": {"type": "bool", "default": False},
-    "measure_dirty_rate": {"type": "bool", "default": True},
-    "parallel_connections": {"type": "int"},
-    "compression": {"type": "list", "elements": "str", "choices": list(COMPRESSION_METHODS)},
     "copy_storage": {"type": "str", "choices": list(COPY_STORAGE)},
     "migrate_disks": {"type": "list", "elements": "str"},
 }
 
 
 def run_migration(params, check_mode):
-    # A bad option is reported before any connection.
-    request = validate_request(build_request(MigrationRequest, params))
-    with (Hypervisor(params["source_uri"]) as source, Hypervisor(params["source_uri"], events=True) as monitor,
-          Hypervisor(request.dest_uri) as destination):
-        return MigrationRunner(source, monitor, destination, request).run(check_mode=check_mode)
+    validate_progress(params)
+    board = ProgressBoard(params["progress_path"])
+    request = build_request(MigrationRequest, params)
+    board.expect(1)
+    try:
+        return migrate_guest(params["source_uri"], request, check_mode,
+                             on_progress=lambda fields: board.update(request.name, state="migrating",
+                                                                     destination=params["dest_host"] or
+                                                                     request.dest_uri, **fields))
+    finally:
+        board.remove()
 
 
 def main():

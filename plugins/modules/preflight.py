@@ -89,6 +89,7 @@ options:
 extends_documentation_fragment:
   - kvm.live_migration.libvirt
   - kvm.live_migration.pair
+  - kvm.live_migration.pair.transport
   - kvm.live_migration.attributes
   - kvm.live_migration.attributes.actiongroups
   - kvm.live_migration.attributes.info_module

@@ -53,6 +53,8 @@ def test_migration_moves_the_running_guest(running_lab, dirty_guest, tmp_path):
     assert migrate["changed"] is True
     assert (migration["status"], migration["owner"], migration["source"], migration["destination"]) == (
         "completed", "hv2", "hv1", "hv2")
+    # 512 MiB at 64 MiB/s: the action plugin printed the progress at least once while it ran.
+    assert f"hv1: {dirty_guest} -> hv2: pass " in output, output
     assert migration["transport"] == "tls"  # the playbook's default, with the certificates prepare_hosts issued
     # The guest runs on hv2 only, defined there, gone from hv1.
     assert running_lab.running_guests("hv2") == {dirty_guest}

@@ -9,6 +9,7 @@ intact, 1 with the reason when not.
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import time
@@ -48,20 +49,49 @@ def verdict(state, host, name):
         return "damaged", f"{name} on {host} is damaged: {damage or lines[-1]}"
     elsewhere = [line for log in sorted(Path(state).glob(f"*/log/qemu/{name}-serial.log")) if log != here
                  for line in ticks(log)[0]]
-    boots = {line.boot for line in lines + elsewhere}
-    if len(boots) > 1:
-        return "damaged", f"{name} booted more than once: {sorted(boots)}"
-    counters = [line.tick for line in lines]
-    if counters != sorted(set(counters)):
-        return "damaged", f"{name}'s counter on {host} went back: it restarted"
-    before = max((line.swept for line in elsewhere), default=0)
-    if not lines or lines[-1].swept < before + SWEEPS_WANTED:
+    if not lines:
+        return "waiting", f"{name} has printed nothing on {host} yet"
+    problem, arrived = journey_problem(lines, elsewhere, host)
+    if problem:
+        return "damaged", f"{name}: {problem}"
+    before = max((line.swept for line in lines + elsewhere if line.tick < arrived), default=0)
+    if lines[-1].swept < before + SWEEPS_WANTED:
         return "waiting", f"{name} on {host} has not verified its memory {SWEEPS_WANTED} times yet"
-    last_elsewhere = max((line.tick for line in elsewhere), default=None)
-    if last_elsewhere is not None and not 1 <= lines[0].tick - last_elsewhere <= MAX_TICK_GAP:
-        return "damaged", f"{name}'s counter jumped on arrival: {last_elsewhere} -> {lines[0].tick}"
-    return "intact", (f"{name} intact on {host}: boot {lines[0].boot}, ticks {lines[0].tick}..{lines[-1].tick}, "
-                      f"{lines[-1].swept - before} full memory sweeps there, 0 bad pages")
+    first = next(line for line in lines if line.tick >= arrived)
+    return "intact", (f"{name} intact on {host}: boot {first.boot}, ticks {first.tick}..{lines[-1].tick} since it "
+                      f"arrived, {lines[-1].swept - before} full memory sweeps there, 0 bad pages")
+
+
+def journey_problem(here, elsewhere, host):
+    """(what is wrong: more than one boot, a restart on ``host``, or a bad arrival; the tick it last arrived at)."""
+    boots = {line.boot for line in here + elsewhere}
+    if len(boots) > 1:
+        return f"booted more than once: {sorted(boots)}", None
+    counters = [line.tick for line in here]
+    if counters != sorted(set(counters)):
+        return f"counter on {host} went back: it restarted", None
+    return arrivals(here, elsewhere)
+
+
+def arrivals(here, elsewhere):
+    """(what is wrong with the guest's journey, or None; the first tick of its last stay on this host).
+
+    The journey is every host's lines in counter order: a counter printed on two hosts means two copies ran, and
+    each move to another host may swallow at most MAX_TICK_GAP ticks (the switch-over). A round trip (there and
+    back) is a journey too.
+    """
+    journey = sorted([(line.tick, True) for line in here] + [(line.tick, False) for line in elsewhere])
+    arrived = journey[0][0]
+    for (earlier, was_here), (later, is_here) in itertools.pairwise(journey):
+        if later == earlier:
+            return f"counter {later} was printed on two hosts: two copies ran", arrived
+        if was_here != is_here:
+            if not 1 <= later - earlier <= MAX_TICK_GAP:
+                return f"counter jumped on arrival: {earlier} -> {later}", arrived
+            arrived = later
+    if not journey[-1][1]:
+        return "last lines are on another host: it does not run here", arrived
+    return None, arrived
 
 
 def main(state, host, name, timeout_s="30"):

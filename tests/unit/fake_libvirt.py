@@ -107,6 +107,9 @@ CONSTANTS = {
     "VIR_CPU_COMPARE_IDENTICAL": 1,
     "VIR_CPU_COMPARE_SUPERSET": 2,
     "VIR_DOMAIN_XML_MIGRATABLE": 8,
+    "VIR_DOMAIN_XML_SECURE": 1,
+    "VIR_DOMAIN_XML_INACTIVE": 2,
+    "VIR_DOMAIN_UNDEFINE_KEEP_NVRAM": 8,
     # Dirty-rate measurement.
     "VIR_DOMAIN_STATS_DIRTYRATE": 512,
     "VIR_DOMAIN_DIRTYRATE_UNSTARTED": 0,
@@ -278,6 +281,7 @@ class FakeHost:
     files: dict = field(default_factory=dict)  # directory -> {name: (content bytes, mode, uid, gid)}: dir pools
     storage_driver: bool = True
     transient_pools: list = field(default_factory=list)  # names of the transient pools alive now
+    refuses_define: str | None = None  # defineXML fails with this message
 
     def by_uuid(self, value):
         value = value.lower().replace("-", "")
@@ -515,6 +519,21 @@ class FakeConnection:
             records.append((domain, values))
         return records
 
+    def defineXML(self, xml):
+        """Define (or redefine) a guest from the XML another fake host's guest gave (``Guest.xml``)."""
+        with self.cloud.lock:
+            host = self._host()
+            if host.refuses_define:
+                raise libvirtError(f"operation failed: {host.refuses_define}", C.VIR_ERR_OPERATION_FAILED)
+            root = ET.fromstring(xml)
+            name, uuid_string = root.findtext("name"), root.findtext("uuid")
+            existing = host.guests.get(name)
+            if existing is not None and existing.state != C.VIR_DOMAIN_SHUTOFF:
+                raise libvirtError(f"operation failed: domain '{name}' is already active", C.VIR_ERR_OPERATION_FAILED)
+            host.guests[name] = Guest(name, uuid_string, state=C.VIR_DOMAIN_SHUTOFF, reason=0,
+                                      memory_kib=int(root.findtext("memory")))
+            return FakeDomain(self, host.guests[name])
+
     def lookupByName(self, name):
         guest = self._host().guests.get(name)
         if guest is None:
@@ -725,6 +744,27 @@ class FakeDomain:
                 guest.state, guest.reason = C.VIR_DOMAIN_SHUTOFF, 2  # SHUTOFF_DESTROYED
             else:
                 del self.conn.host.guests[guest.name]
+            return 0
+
+    def undefineFlags(self, flags=0):
+        with self.conn.cloud.lock:
+            guest = self._guest()
+            self._refuse_if_asked(guest, "undefine")
+            if guest.state == C.VIR_DOMAIN_SHUTOFF:
+                del self.conn.host.guests[guest.name]
+            else:
+                guest.persistent = False
+            return 0
+
+    def shutdown(self):
+        """An ACPI shutdown request: the guest stops at once unless it ignores ACPI (``refuses`` "shutdown")."""
+        with self.conn.cloud.lock:
+            guest = self._guest()
+            if guest.state not in (C.VIR_DOMAIN_RUNNING, C.VIR_DOMAIN_PAUSED):
+                raise libvirtError("Requested operation is not valid: domain is not running",
+                                   C.VIR_ERR_OPERATION_INVALID)
+            if "shutdown" not in guest.refuses:
+                guest.state, guest.reason = C.VIR_DOMAIN_SHUTOFF, 1  # SHUTOFF_SHUTDOWN
             return 0
 
     def jobStats(self, flags=0):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from conftest import SOURCE_URI
 from fake_libvirt import GIB, MIB, C, Migration, completed_stats, sample
@@ -42,8 +45,8 @@ def test_read_job_while_migrating(cloud, hv1, lv):
     cloud.add_guest(hv1, "web01", migration=job)
     job.started.set()
     with Hypervisor(SOURCE_URI, lv) as hypervisor:
-        live, completed = read_job(hypervisor, "web01")
-    assert completed is None
+        live, completed, present = read_job(hypervisor, "web01")
+    assert (completed, present) == (None, True)
     assert {key: live[key] for key in ("active", "pass", "percent", "elapsed_ms", "ratio", "eta_s")} == {
         "active": True, "pass": 2, "percent": 75.0, "elapsed_ms": 12000, "ratio": 0.125, "eta_s": 4.6}
 
@@ -62,23 +65,77 @@ def test_read_job_without_a_job(cloud, hv1, lv, state, completed, expected_compl
     job.ended.set()
     cloud.add_guest(hv1, "web01", migration=job, state=state, completed=completed)
     with Hypervisor(SOURCE_URI, lv) as hypervisor:
-        assert read_job(hypervisor, "web01") == ({"active": False}, expected_completed)
+        assert read_job(hypervisor, "web01") == ({"active": False}, expected_completed, True)
 
 
-def test_read_job_of_an_unknown_guest(cloud, lv):
-    with Hypervisor(SOURCE_URI, lv) as hypervisor, pytest.raises(MigrationError, match="guest 'nope' is not on"):
-        read_job(hypervisor, "nope")
+def test_a_guest_that_left_the_source_has_no_job_and_is_not_an_error(cloud, lv):
+    """After the source undefined the migrated guest, a poll still ends cleanly."""
+    with Hypervisor(SOURCE_URI, lv) as hypervisor:
+        assert read_job(hypervisor, "gone") == ({"active": False}, None, False)
 
 
-def test_module_reports_progress_and_failures(cloud, hv1, module_runner):
+def write_job(directory, job_id, content):
+    (directory / job_id).write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+RUNNING_NOTE = {"started": True, "finished": False, "ansible_job_id": "j1"}
+ENDED = {"changed": True, "migration": {"status": "completed", "owner": "hv2"}}
+FAILED = {"failed": True, "msg": "migration of the guest from hv1 to hv2 aborted: ...", "changed": True,
+          "migration": {"status": "aborted", "owner": "hv1"}}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (RUNNING_NOTE, {"finished": False}),
+        ("", {"finished": False}),  # async_wrapper is writing the file
+        (ENDED, {"finished": True, "migration": ENDED["migration"], "job_failed": False, "job_msg": None}),
+        (FAILED, {"finished": True, "migration": FAILED["migration"], "job_failed": True, "job_msg": FAILED["msg"]}),
+    ],
+    ids=["running", "being-written", "completed", "failed"],
+)
+def test_background_task_states(tmp_path, content, expected):
+    write_job(tmp_path, "j1", content)
+    assert migration_info.background_task(str(tmp_path), "j1") == expected
+
+
+@pytest.mark.parametrize(
+    ("job_id", "message"),
+    [("j404", "no background task j404 in"), ("../etc/passwd", "async_job_id='../etc/passwd' is not a job id"),
+     ("..", "async_job_id='..' is not a job id")],
+    ids=["unknown", "path", "dot-dot"],
+)
+def test_background_task_refuses_what_is_not_a_job(tmp_path, job_id, message):
+    with pytest.raises(MigrationError, match=re.escape(message)):
+        migration_info.background_task(str(tmp_path), job_id)
+
+
+def test_module_follows_a_migration_from_before_its_job_to_after_the_source_undefined_the_guest(
+        cloud, hv1, module_runner, tmp_path):
+    """The documented async pattern: not finished while no job exists yet, finished with the result once the
+    task ended, also after the guest left the source."""
+    run = module_runner(migration_info)
+    job = Migration()
+    job.ended.set()
+    cloud.add_guest(hv1, "web01", migration=job)
+    args = {"name": "web01", "async_job_id": "j1", "async_dir": str(tmp_path)}
+
+    write_job(tmp_path, "j1", RUNNING_NOTE)
+    assert run(args) == ("exit", {"changed": False, "job": {"active": False}, "present": True, "finished": False})
+
+    del hv1.guests["web01"]  # migrated away and undefined, the task not yet ended
+    assert run(args) == ("exit", {"changed": False, "job": {"active": False}, "present": False, "finished": False})
+
+    write_job(tmp_path, "j1", ENDED)
+    assert run(args) == ("exit", {"changed": False, "job": {"active": False}, "present": False, "finished": True,
+                                  "migration": ENDED["migration"], "job_failed": False, "job_msg": None})
+
+
+def test_module_reports_completed_statistics(cloud, hv1, module_runner):
     run = module_runner(migration_info)
     job = Migration()
     job.ended.set()
     cloud.add_guest(hv1, "web01", migration=job, completed=completed_stats(downtime=42))
 
-    assert run({"name": "web01"}) == ("exit", {"changed": False, "job": {"active": False},
+    assert run({"name": "web01"}) == ("exit", {"changed": False, "job": {"active": False}, "present": True,
                                                "completed": completed_stats(downtime=42)})
-
-    outcome, returned = run({"name": "missing"})
-    assert outcome == "fail"
-    assert returned["msg"].startswith("guest 'missing' is not on qemu:///system")

@@ -1,0 +1,92 @@
+# Copyright: kvm.live_migration maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    """How each migration is steered and bounded (migrate, and every migration of evacuate).
+
+    Mirrors ``module_utils/module_support.py``'s CONVERGENCE_ARGUMENT_SPEC; ``ansible-test sanity``
+    (validate-modules) checks that they agree. The bandwidth is documented by each module: migrate's caps one
+    migration, evacuate's is split among the migrations that run at once.
+    """
+
+    DOCUMENTATION = r"""
+options:
+  max_downtime_ms:
+    description:
+      - The longest pause of the guest accepted for the final switch-over, in milliseconds (the downtime budget).
+      - The limit given to QEMU starts at 100 ms (or lower budgets) and is raised only to what the measured
+        remaining data needs, at most to the budget minus a reserve (15 %, at least 50 ms) for the device state and
+        the hand-over that QEMU's limit does not cover.
+    type: int
+    default: 500
+  convergence_threshold:
+    description:
+      - A pass whose convergence ratio (dirty rate / transfer rate) is at least this value does not converge.
+      - Between 0 and 1.
+    type: float
+    default: 0.8
+  stall_passes:
+    description:
+      - Non-converging passes in a row that trigger the next escalation step, and passes to wait after a step
+        before judging whether it helped.
+    type: int
+    default: 2
+  allow_auto_converge:
+    description:
+      - Permit auto-converge, QEMU's throttling of the guest's vCPUs while it dirties memory faster than it is sent.
+      - libvirt cannot enable it after the start, so it is armed from the start. QEMU throttles only a guest that
+        dirties more than half of what is sent, in two one-second looks in a row.
+      - The throttle starts at the strongest level whose vCPU stops fit O(max_downtime_ms), or higher if the
+        measured dirty rate needs it, then steps to 99 %. At throttle t QEMU stops a vCPU for t / (1 - t) x 10 ms
+        after each 10 ms of running, so a 500 ms budget gives 98 %. A short strong throttle costs the guest less
+        than libvirt's default of 20 % + 10 % per step.
+    type: bool
+    default: true
+  allow_post_copy:
+    description:
+      - Permit post-copy. The guest then runs on the destination, which fetches the memory it still lacks from the
+        source. A network failure during post-copy leaves no complete copy on either host until it is recovered,
+        so it is off by default.
+      - Needs C(vm.unprivileged_userfaultfd=1) on the destination when QEMU runs as a non-root user; the module
+        detects a refusal and goes on without post-copy, recording why.
+      - Not available with O(transport=ssh).
+    type: bool
+    default: false
+  measure_dirty_rate:
+    description:
+      - Measure the guest's dirty rate for one second before moving (libvirt's dirty-rate calculation) to predict
+        convergence and choose the starting strategy and throttle. Reported as the
+        migration's C(prediction).
+      - Skipped, with a recorded reason, where libvirt or QEMU cannot measure it.
+    type: bool
+    default: true
+  parallel_connections:
+    description:
+      - Send memory over this many connections (multifd). Not available with O(transport=ssh).
+    type: int
+  compression:
+    description:
+      - Compression methods for the memory stream.
+    type: list
+    elements: str
+    choices: [xbzrle, mt, zlib, zstd]
+  timeout:
+    description:
+      - Seconds the migration may take before it is aborted.
+      - By default 150 s per GiB of guest memory, at least 60 s.
+    type: int
+  max_data_factor:
+    description:
+      - Abort when the bytes sent exceed this multiple of the guest's memory.
+    type: float
+    default: 5.0
+  poll_interval:
+    description:
+      - Seconds between two readings of the migration's statistics (0.05 to 1).
+    type: float
+    default: 0.25
+"""

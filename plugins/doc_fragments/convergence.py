@@ -56,6 +56,15 @@ options:
       - Not available with O(transport=ssh).
     type: bool
     default: false
+  post_copy_recovery_timeout:
+    description:
+      - Seconds to keep resuming a post-copy that broke after the switch (the link or the destination failed), with
+        libvirt's post-copy recovery (C(VIR_MIGRATE_POSTCOPY_RESUME)), every 5 s.
+      - Neither host holds all of the guest's memory meanwhile, so the source's copy is never resumed; if the
+        recovery does not succeed in time, the task fails with both hosts' states and the command that resumes it.
+      - V(0) tries nothing and fails at once with that command.
+    type: int
+    default: 300
   measure_dirty_rate:
     description:
       - Measure the guest's dirty rate for one second before moving (libvirt's dirty-rate calculation) to predict

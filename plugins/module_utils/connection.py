@@ -41,6 +41,10 @@ def _discard_libvirt_error(_context, _error):
 
 
 _EVENT_LOOPS = {}  # binding -> the thread that runs its default event loop
+# A peer that answers no keepalive for KEEPALIVE_INTERVAL_S x KEEPALIVE_COUNT seconds is declared dead: libvirt then
+# closes the connection, and every call blocked on it returns with an error instead of waiting forever.
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 6
 
 
 def start_event_loop(lv):
@@ -61,14 +65,21 @@ def start_event_loop(lv):
     _EVENT_LOOPS[id(lv)] = thread
 
 
-class GuestState:
-    """Where a guest is and what it is doing, as one hypervisor sees it."""
+# State reasons that say a migration is under way or broke half-way (libvirt's virDomain*Reason names, lower case).
+POST_COPY_REASONS = {("running", "postcopy"), ("running", "postcopy_failed"), ("paused", "postcopy"),
+                     ("paused", "postcopy_failed")}
+INCOMING_REASONS = {("paused", "migration")}
 
-    def __init__(self, name, uuid, state, persistent):
+
+class GuestState:
+    """Where a guest is and what it is doing, as one hypervisor sees it: the state and libvirt's reason for it."""
+
+    def __init__(self, name, uuid, state, persistent, reason=None):
         self.name = name
         self.uuid = uuid
         self.state = state
         self.persistent = persistent
+        self.reason = reason
 
     @property
     def running(self):
@@ -78,8 +89,23 @@ class GuestState:
     def paused(self):
         return self.state == "paused"
 
+    @property
+    def post_copy(self):
+        """In post-copy, or failed in it: neither this copy nor the other one holds all of the guest's memory."""
+        return (self.state, self.reason) in POST_COPY_REASONS
+
+    @property
+    def migrating(self):
+        """Paused by a migration (the source's final copy, or a destination waiting for the memory)."""
+        return (self.state, self.reason) in INCOMING_REASONS
+
+    def describe(self):
+        """The state, with the reason when it tells of a migration (what a report shows)."""
+        return f"{self.state} ({self.reason})" if self.post_copy or self.migrating else self.state
+
     def as_dict(self):
-        return {"name": self.name, "uuid": self.uuid, "state": self.state, "persistent": self.persistent}
+        return {"name": self.name, "uuid": self.uuid, "state": self.state, "reason": self.reason,
+                "persistent": self.persistent}
 
 
 class Hypervisor:
@@ -107,10 +133,19 @@ class Hypervisor:
                 fix="pip install libvirt-python (needs libvirt-dev and pkg-config to build) on that host",
             )
         self.lv.registerErrorHandler(_discard_libvirt_error, None)
-        if self.events:
-            start_event_loop(self.lv)
+        start_event_loop(self.lv)  # events need it, and so does keepalive, which every connection gets
         with libvirt_errors(self.lv, f"connecting to libvirt at {self.uri}"):
             self._conn = self.lv.open(self.uri)
+        self._keep_alive()
+
+    def _keep_alive(self):
+        try:
+            self._conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+        except self.lv.libvirtError as error:
+            # Only drivers without a remote peer (test:///) lack keepalive: nothing there can stop answering.
+            if error.get_error_code() != self.lv.VIR_ERR_NO_SUPPORT:
+                raise MigrationError(f"turning keepalive on for {self.uri} failed: {error.get_error_message()}",
+                                     fix="check that libvirtd on that host runs and answers") from error
 
     def close(self):
         if self._conn is None:
@@ -174,9 +209,10 @@ class Hypervisor:
     def describe(self, domain):
         """A GuestState for a looked-up domain, or None when it vanished since the lookup."""
         try:
-            state, _reason = domain.state()
-            return GuestState(domain.name(), domain.UUIDString(), self.state_name(state),
-                              bool(domain.isPersistent()))
+            state, reason = domain.state()
+            name = self.state_name(state)
+            return GuestState(domain.name(), domain.UUIDString(), name, bool(domain.isPersistent()),
+                              self.reason_name(name, reason))
         except self.lv.libvirtError as error:
             # Gone between lookup and state(): a transient guest that just migrated away or stopped.
             if error.get_error_code() == self.lv.VIR_ERR_NO_DOMAIN:
@@ -210,6 +246,23 @@ class Hypervisor:
                 self.conn.domainEventDeregisterAny(callback_id)
 
         return stop
+
+    def active_job(self, domain):
+        """The type of the guest's active job (0: none), or None when the guest does not run here."""
+        try:
+            return domain.jobInfo()[0]
+        except self.lv.libvirtError as error:
+            if error.get_error_code() in (self.lv.VIR_ERR_NO_DOMAIN, self.lv.VIR_ERR_OPERATION_INVALID):
+                return None  # gone, or not running: no job
+            raise MigrationError(f"reading the jobs of {domain.name()!r} on {self.uri} failed: {error}") from error
+
+    def reason_name(self, state_name, reason):
+        """libvirt's name of a state's reason (``postcopy_failed`` for VIR_DOMAIN_PAUSED_POSTCOPY_FAILED)."""
+        prefix = f"VIR_DOMAIN_{state_name.upper()}_"
+        for name in dir(self.lv):
+            if name.startswith(prefix) and name != f"{prefix}LAST" and getattr(self.lv, name) == reason:
+                return name.removeprefix(prefix).lower()
+        return f"unknown({reason})"
 
     def state_name(self, state):
         for name in _STATE_NAMES:

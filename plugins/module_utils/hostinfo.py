@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.checks_pair import TlsPair, check_tls
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import binding_names
-from ansible_collections.kvm.live_migration.plugins.module_utils.errors import libvirt_errors
+from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError, libvirt_errors
 from ansible_collections.kvm.live_migration.plugins.module_utils.features import dotted_version, host_features
 from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import (
     LocalFilesystems,
@@ -125,6 +125,14 @@ class HostInfo:
         with libvirt_errors(self.lv, f"listing the guests of {self.hypervisor.uri}"):
             domains = self.conn.listAllDomains(0)
         wanted = None if names is None else set(names)
+        if wanted:
+            known = {key for domain in domains for key in (domain.name(), domain.UUIDString())}
+            unknown = sorted(wanted - known)
+            if unknown:
+                raise MigrationError(
+                    f"domains: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not defined on "
+                    f"{self.hypervisor.uri}",
+                    fix="name guests this host has ('virsh list --all'), by name or UUID, or omit domains for all")
         facts = []
         for domain in domains:
             if wanted is not None and domain.name() not in wanted and domain.UUIDString() not in wanted:

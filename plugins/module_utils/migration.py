@@ -19,10 +19,15 @@ with a fake clock and a fake libvirt.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
-from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor, binding_names
+from ansible_collections.kvm.live_migration.plugins.module_utils.connection import (
+    GuestState,
+    Hypervisor,
+    binding_names,
+)
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import (
     MigrationError,
     from_libvirt_error,
@@ -31,6 +36,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.errors import (
 from ansible_collections.kvm.live_migration.plugins.module_utils.features import detect_features
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobs import completed_job_stats, measure_dirty_rate
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample, Timeline, progress
+from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml import parse_guest
 from ansible_collections.kvm.live_migration.plugins.module_utils.ownership import Ownership
 from ansible_collections.kvm.live_migration.plugins.module_utils.policy import Steering, predict, steer
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import (
@@ -58,6 +64,10 @@ _FEATURE_FIXES = {
 }
 ABORT_TIMEOUT_S = 30
 ABORT_RETRY_S = 2.0
+# Post-copy needs room on the destination for everything still on the source, and this much more.
+POST_COPY_MEMORY_MARGIN = 256 * MIB
+POST_COPY_RECOVERY_RETRY_S = 5.0
+EOF_AT_START = "end of file while reading data"
 
 
 class _Outcome:
@@ -93,7 +103,7 @@ class MigrationRunner:
         self._pass = 0  # the latest pass seen
         self._completion = (threading.Event(), [])  # the JOB_COMPLETED event's statistics
         self._pass_started_ms = {}  # pass -> when its MIGRATION_ITERATION event came
-        self.ownership = Ownership(request.name, monitor, destination, self._record)
+        self.ownership = Ownership(request.name, monitor, destination, self._record, source_fallback=source)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -109,7 +119,10 @@ class MigrationRunner:
             raise MigrationError(placement)
         watched = self.monitor.find_domain(self.request.name)
         memory_bytes = watched.maxMemory() * KIB
+        self._memory_bytes = memory_bytes
+        self._check_disk_targets(watched)
         features = self._features()
+        self._record_dropped_permissions(features)
         result.prediction = self._predict(watched, features, memory_bytes)
         if check_mode:
             result.status, result.owner = "would_migrate", result.source
@@ -130,6 +143,25 @@ class MigrationRunner:
     def _features(self):
         return detect_features(binding_names(self.lv), self.source.version_numbers(),
                                self.destination.version_numbers(), self.request.transport)
+
+    def _check_disk_targets(self, watched):
+        """migrate_disks names only disks the guest has (checked against its definition before anything moves)."""
+        if not self.request.migrate_disks:
+            return
+        with libvirt_errors(self.lv, f"reading {self.request.name!r}'s definition"):
+            targets = {disk.target for disk in parse_guest(watched.XMLDesc(0)).disks}
+        unknown = [target for target in self.request.migrate_disks if target not in targets]
+        if unknown:
+            raise MigrationError(f"migrate_disks={', '.join(unknown)}: {self.request.name} has no such disk "
+                                 f"(its disks: {', '.join(sorted(targets)) or 'none'})",
+                                 fix="name the guest's own disk targets, as 'virsh domblklist' lists them")
+
+    def _record_dropped_permissions(self, features):
+        """A permission this pair of hosts cannot honour is recorded as dropped, never ignored silently."""
+        for feature, permitted in (("post_copy", self.request.allow_post_copy),
+                                   ("auto_converge", self.request.allow_auto_converge)):
+            if permitted and not getattr(features, feature):
+                self._record(f"{feature}_unavailable", f"allow_{feature}=true is dropped: {features.reasons[feature]}")
 
     def _predict(self, watched, features, memory_bytes):
         """The prediction from a measured dirty rate (when asked and possible) and the starting strategy."""
@@ -152,6 +184,7 @@ class MigrationRunner:
 
     def _migrate(self, result, watched, features, memory_bytes):
         domain = self.source.find_domain(self.request.name)
+        self._migrating = domain
         timeout_s = self.request.timeout_s or default_timeout_s(memory_bytes)
         while True:
             self.steering = Steering.start(self.policy, features, result.prediction["strategy"])
@@ -168,7 +201,7 @@ class MigrationRunner:
             features = features.without(unsupported, outcome.error.get_error_message())
             self._record(f"{unsupported}_unavailable", f"{outcome.error.get_error_message()}; retrying without it "
                                                        f"(to use it: {_FEATURE_FIXES[unsupported]})")
-        self._finish(result, watched, outcome)
+        self._finish(result, watched, outcome, domain)
         stop_watching()
         return result
 
@@ -179,6 +212,11 @@ class MigrationRunner:
         throttle = ((prediction["throttle_initial_pct"], prediction["throttle_step_pct"])
                     if "auto_converge" in rungs else (None, None))
         params = migration_params(self.lv, self.request, throttle, post_copy="post_copy" in rungs)
+        self._run_migration_call(domain, params, flags, outcome)
+        return outcome
+
+    def _run_migration_call(self, domain, params, flags, outcome):
+        """migrateToURI3 in a thread of its own (it blocks until the job ends); ``outcome`` says when and how."""
 
         def migrate():
             try:
@@ -189,7 +227,6 @@ class MigrationRunner:
                 outcome.finished.set()
 
         threading.Thread(target=migrate, name="kvmlm-migrate", daemon=True).start()
-        return outcome
 
     def _unsupported_at_start(self, outcome):
         """The feature a failed start says this host pair lacks, when nothing was sent yet."""
@@ -199,14 +236,31 @@ class MigrationRunner:
         message = (error.get_error_message() or "").lower()
         for feature, patterns in _UNSUPPORTED_AT_START:
             if feature in self.steering.rungs and any(pattern in message for pattern in patterns):
+                # The peer connection's end means a refusal only while the destination still answers.
+                if EOF_AT_START in message and not self._destination_answers():
+                    return None
                 return feature
         return None
+
+    def _destination_answers(self):
+        try:
+            self.destination.conn.getLibVersion()
+        except self.lv.libvirtError:
+            return False
+        return True
 
     def _watch(self, watched, outcome, timeout_s, memory_bytes):
         max_data = self.request.max_data_factor * memory_bytes
         while not outcome.finished.is_set():
             sample = self._sample(watched)
-            if sample is not None:
+            if sample is None:
+                # No statistics (the monitor lost its connection, or the job is between states): the clock still
+                # holds the time budget.
+                if self._elapsed_ms() > timeout_s * 1000 and self._over_budget(
+                        watched, outcome, f"the migration ran longer than its timeout of {timeout_s} s (without job "
+                                          "statistics at the end)"):
+                    return
+            else:
                 self._pass = max(self._pass, sample.iteration)
                 reason = budget_exceeded(sample, timeout_s, max_data, self.request.max_data_factor)
                 aborted = self._over_budget(watched, outcome, reason) if reason else False
@@ -254,6 +308,12 @@ class MigrationRunner:
                                                 f"{error.get_error_message()}")
 
     def _switch_to_post_copy(self, watched, before):
+        shortfall = self._post_copy_room()
+        if shortfall:
+            self.actions.remove(self._steps.pop())
+            self.steering = before.without_rung("post_copy")
+            self._record("post_copy_refused", f"{shortfall}; staying in pre-copy, which leaves the source's copy whole")
+            return
         try:
             watched.migrateStartPostCopy(0)
         except self.lv.libvirtError as error:
@@ -265,6 +325,20 @@ class MigrationRunner:
             if self._post_copy_tries == POST_COPY_SWITCH_TRIES:
                 self._record("post_copy_failed", f"migrateStartPostCopy failed {POST_COPY_SWITCH_TRIES} times: "
                                                  f"{error.get_error_message()}")
+
+    def _post_copy_room(self):
+        """Why the destination cannot take the rest of the guest in post-copy (None when it can): in post-copy a
+        destination that runs out of memory loses the guest, as no host then holds all of it."""
+        needed = (self.timeline.last.remaining_bytes if self.timeline.last else self._memory_bytes) \
+            + POST_COPY_MEMORY_MARGIN
+        try:
+            available = self.destination.memory()["available_bytes"]
+        except MigrationError as error:
+            return f"the destination's free memory could not be read ({error})"
+        if available < needed:
+            return (f"{self.destination.hostname()} has {available // MIB} MiB available, post-copy needs "
+                    f"{needed // MIB} MiB (what is left to send and {POST_COPY_MEMORY_MARGIN // MIB} MiB more)")
+        return None
 
     def _sample(self, watched):
         try:
@@ -279,9 +353,11 @@ class MigrationRunner:
     def _abort(self, watched, outcome, reason, step=False):
         self._record("abort", reason, step=step)
         deadline = self.clock() + ABORT_TIMEOUT_S
+        # Through the monitor first, then through the migrating connection should the monitor's have died.
+        handles = itertools.cycle([watched, getattr(self, "_migrating", None) or watched])
         while not outcome.finished.is_set() and self.clock() < deadline:
             try:
-                watched.abortJob()
+                next(handles).abortJob()
             except self.lv.libvirtError as error:
                 if error.get_error_code() == self.lv.VIR_ERR_OPERATION_INVALID:
                     break  # no job left to abort: the migration already ended
@@ -291,7 +367,42 @@ class MigrationRunner:
         if not outcome.finished.is_set():
             self._record("abort_timeout", f"the migration job did not end within {ABORT_TIMEOUT_S} s of the abort")
 
-    def _finish(self, result, watched, outcome):
+    def _post_copy_broke(self, result, outcome):
+        """The job failed after the switch to post-copy (the runner's or anyone's): libvirt shows it on either host."""
+        if result.status == "completed" or not outcome.finished.is_set():
+            return False
+        if self.steering.post_copy:
+            return True
+        states = self.ownership.look()
+        return any(isinstance(state, GuestState) and state.post_copy for state in states)
+
+    def _recover_post_copy(self, result, domain):
+        """Resume the broken post-copy (VIR_MIGRATE_POSTCOPY_RESUME) until it completes or the recovery budget ends;
+        the source's copy is never resumed, whatever happens."""
+        budget = self.request.post_copy_recovery_timeout_s
+        deadline = self.clock() + budget
+        flags = migration_flags(self.lv, self.request, self.steering.rungs) | self.lv.VIR_MIGRATE_POSTCOPY | \
+            self.lv.VIR_MIGRATE_POSTCOPY_RESUME
+        params = migration_params(self.lv, self.request, post_copy=True)
+        tries, last_error = 0, None
+        while self.clock() < deadline:
+            tries += 1
+            resumed = _Outcome()
+            self._run_migration_call(domain, params, flags, resumed)
+            self.wait(max(0.0, deadline - self.clock()), resumed.finished)
+            if resumed.finished.is_set() and resumed.error is None:
+                self._record("post_copy_recovered", f"post-copy resumed and completed after {tries} "
+                                                    f"attempt{'s' if tries > 1 else ''}")
+                result.status, result.error = "completed", None
+                return
+            last_error = resumed.error.get_error_message() if isinstance(resumed.error, self.lv.libvirtError) \
+                else str(resumed.error or "no answer")
+            self.wait(min(POST_COPY_RECOVERY_RETRY_S, max(0.0, deadline - self.clock())), threading.Event())
+        self._record("post_copy_recovery_failed",
+                     f"post-copy did not resume within post_copy_recovery_timeout={budget} s ({tries} attempts; "
+                     f"last: {last_error})" if tries else "post_copy_recovery_timeout=0: no recovery tried")
+
+    def _finish(self, result, watched, outcome, domain=None):
         result.actions = self.actions
         result.final_ratio = self.timeline.last.rounded_ratio if self.timeline.last else None
         result.strategy = self.steering.strategy
@@ -306,16 +417,17 @@ class MigrationRunner:
             result.status = "aborted" if aborted else "failed"
             if outcome.error is not None and not aborted:
                 result.error = self._describe_error(outcome.error)
-            stats = self._completed_stats(self.monitor)
+            stats = self._completed_stats(self.monitor) or self._completed_stats(self.source)
         self._apply_completed_stats(result, stats)
         self._fill_from_samples(result)
         if not outcome.finished.is_set():
-            # The job outlived its bounded abort: report where the guest is, but touch nothing.
+            # The job outlived its bounded abort: touch nothing, and name the host only if libvirt shows it.
             result.status = "failed"
-            result.owner = self.monitor.hostname()
-            self.ownership.look()
+            result.owner = result.source if self.ownership.runs_only_on_source() else "unknown"
             result.hosts = dict(self.ownership.shown)
             return
+        if self._post_copy_broke(result, outcome):
+            self._recover_post_copy(result, domain)
         try:
             result.owner = self.ownership.settle(result, self.steering.post_copy)
         finally:
@@ -377,8 +489,11 @@ class MigrationRunner:
         return stats[-1] if stats else None
 
     def _completed_stats(self, hypervisor):
-        """The completed job's statistics as ``hypervisor`` keeps them, or None."""
-        domain = hypervisor.find_domain(self.request.name)
+        """The completed job's statistics as ``hypervisor`` keeps them, or None (also when its connection died)."""
+        try:
+            domain = hypervisor.find_domain(self.request.name)
+        except MigrationError:
+            return None
         return None if domain is None else completed_job_stats(self.lv, domain)
 
     def _apply_completed_stats(self, result, stats):

@@ -11,7 +11,13 @@ from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import client_versions
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
-from ansible_collections.kvm.live_migration.plugins.module_utils.request import COMPRESSION_METHODS, TRANSPORTS, ssh_uri
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import (
+    COMPRESSION_METHODS,
+    TRANSPORTS,
+    ssh_uri,
+    validate_host_name,
+    validate_libvirt_uri,
+)
 
 # Options of every module that acts on a guest and a pair of hypervisors (migrate, preflight).
 # How the memory travels (doc_fragments/pair.py's TRANSPORT): the pair's modules and evacuate.
@@ -37,6 +43,7 @@ CONVERGENCE_ARGUMENT_SPEC = {
     "stall_passes": {"type": "int", "default": 2, "no_log": False},  # counts passes, not a password
     "allow_auto_converge": {"type": "bool", "default": True},
     "allow_post_copy": {"type": "bool", "default": False},
+    "post_copy_recovery_timeout": {"type": "int", "default": 300},
     "measure_dirty_rate": {"type": "bool", "default": True},
     "parallel_connections": {"type": "int"},
     "compression": {"type": "list", "elements": "str", "choices": list(COMPRESSION_METHODS)},
@@ -51,17 +58,23 @@ PAIR_CONSTRAINTS = {"required_one_of": [("dest_uri", "dest_host")], "mutually_ex
 
 
 # Module options whose request field has another name (the unit), and those that become tuples.
-_FIELD_OF_OPTION = {"bandwidth": "bandwidth_mib", "timeout": "timeout_s", "poll_interval": "poll_interval_s"}
+_FIELD_OF_OPTION = {"bandwidth": "bandwidth_mib", "timeout": "timeout_s", "poll_interval": "poll_interval_s",
+                    "post_copy_recovery_timeout": "post_copy_recovery_timeout_s"}
 _TUPLE_OPTIONS = ("compression", "migrate_disks")
 
 
 def destination_uri(params):
-    """dest_uri, or the qemu+ssh:// URI that dest_host stands for."""
-    return params["dest_uri"] or ssh_uri(params["dest_host"])
+    """dest_uri, or the qemu+ssh:// URI that dest_host (a host name, checked) stands for."""
+    if params["dest_uri"] is not None:
+        return params["dest_uri"]
+    validate_host_name(params["dest_host"], "dest_host")
+    return ssh_uri(params["dest_host"])
 
 
 def build_request(request_class, params):
     """``request_class`` (a request dataclass) from a module's params: every option that names one of its fields."""
+    if params.get("source_uri") is not None:
+        validate_libvirt_uri(params["source_uri"], "source_uri")
     fields = {field.name for field in dataclasses.fields(request_class)}
     values = {}
     for option, value in params.items():

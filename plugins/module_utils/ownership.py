@@ -12,31 +12,47 @@ from __future__ import annotations
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError, libvirt_errors
 
+UNREACHABLE = "unreachable"
+# What to do about the copy an unreachable destination may hold (measured: a restarted libvirtd resumed one).
+LEFTOVER_COPY = ("A copy of {name} that QEMU may still hold on {host} is out of date: kill that QEMU process on "
+                 "{host} before its libvirtd starts again (a restarted libvirtd was seen to resume it), or 'virsh "
+                 "destroy {name}' there at once if its libvirtd answers; never let both run")
+
 
 def describe(state):
-    return "absent" if state is None else state.state
+    return "absent" if state is None else state.describe()
+
+
+def recovery_command(name, dest_uri):
+    return f"virsh migrate --live --p2p --postcopy --postcopy-resume {name} {dest_uri}"
 
 
 class Ownership:
     """Reads the guest ``name`` on the source (``source``) and the destination (``destination``)."""
 
-    def __init__(self, name, source, destination, record):
-        """``record(what, why)`` adds an action to the result (the destination copy stopped, a resume)."""
+    def __init__(self, name, source, destination, record, source_fallback=None):
+        """``record(what, why)`` adds an action to the result (the destination copy stopped, a resume).
+        ``source_fallback``: a second connection to the source, asked when ``source``'s has died."""
         self.name = name
         self.source = source
         self.destination = destination
         self.record = record
+        self.source_fallback = source_fallback
         self.shown = {}  # what each host showed at the last look: {"source": state, "destination": state}
 
     def placement(self):
         """'source', 'destination', or a message explaining why neither can be acted on."""
-        name, source, destination = self.name, self.source, self.destination
+        source, destination = self.source, self.destination
         host_uuid = source.host_uuid()
         if host_uuid == destination.host_uuid():
             return (f"source {source.uri} and destination {destination.uri} report the same host UUID "
                     f"{host_uuid}: they are the same host, or host_uuid is duplicated; give each hypervisor a "
                     "unique host_uuid in libvirtd.conf")
-        on_source, on_destination = self.look()
+        on_source, on_destination = self.look(strict=True)
+        return self._in_flight(on_source, on_destination) or self._side_that_runs(on_source, on_destination)
+
+    def _side_that_runs(self, on_source, on_destination):
+        name, source, destination = self.name, self.source, self.destination
         if on_source and on_source.running:
             if on_destination and on_destination.running:
                 return (f"guest {name!r} runs on both {source.hostname()} and {destination.hostname()}; "
@@ -50,54 +66,143 @@ class Ownership:
         return (f"guest {name!r} was found on neither {source.hostname()} nor "
                 f"{destination.hostname()}; check the name or UUID with 'virsh list --all'")
 
+    def _state_from(self, hypervisors):
+        """The guest's state from the first of ``hypervisors`` (connections to one host) that answers."""
+        answering = [hypervisor for hypervisor in hypervisors if hypervisor is not None]
+        for hypervisor in answering[:-1]:
+            try:
+                return hypervisor.guest_state(self.name)
+            except MigrationError:
+                continue
+        return answering[-1].guest_state(self.name)
+
+    def _in_flight(self, on_source, on_destination):
+        """Why a migration of this guest must not start now (another one is under way or broke half-way), or None."""
+        name = self.name
+        for host, state in ((self.source, on_source), (self.destination, on_destination)):
+            if state is not None and state.post_copy:
+                return (f"guest {name!r} is {state.describe()} on {host.hostname()}: a post-copy migration of it is "
+                        "under way or failed half-way, and neither host may hold all of its memory; recover it with "
+                        f"'{recovery_command(name, self.destination.uri)}' on {self.source.hostname()} once both "
+                        "hosts reach each other, and never resume the source's copy")
+        job = None if on_source is None else self.source.active_job(self.source.find_domain(name))
+        if job or (on_destination is not None and on_destination.migrating):
+            return (f"guest {name!r} already has an active job on {self.source.hostname()} (job type {job}; on "
+                    f"{self.destination.hostname()}: {describe(on_destination)}): another run or client is "
+                    f"migrating it; watch it with kvm.live_migration.migration_info (name: {name}) on "
+                    f"{self.source.hostname()}, or abort it with 'virsh domjobabort {name}' there")
+        return None
+
     def settle(self, result, post_copy):
         """Make sure exactly one hypervisor runs the guest and return its host name.
 
-        ``post_copy``: the migration switched to post-copy, so the source's memory is out of date.
+        ``post_copy``: the runner switched to post-copy. Either host showing a post-copy state says so too,
+        whoever started it: then the source's memory is out of date and is never resumed.
         Raises MigrationError, with what each host showed in ``self.shown``, when it cannot.
         """
         on_source, on_destination = self.look()
+        post_copy = post_copy or any(state not in (None, UNREACHABLE) and state.post_copy
+                                     for state in (on_source, on_destination))
+        if UNREACHABLE in (on_source, on_destination):
+            if post_copy and result.status != "completed":
+                self._refuse_failed_post_copy(result, False, None if on_destination == UNREACHABLE else on_destination)
+            return self._one_side_unreachable(result, on_source, on_destination, post_copy)
         source_runs = bool(on_source and on_source.running)
         destination_runs = bool(on_destination and on_destination.running)
-        if post_copy and result.status != "completed" and not destination_runs:
-            raise MigrationError(
-                f"post-copy of {self.name!r} failed after the switch: the destination ran the guest, so "
-                f"neither host holds all of its memory ({self.shown_text()})",
-                fix="once both hosts reach each other again, recover with 'virsh migrate --postcopy "
-                    "--postcopy-resume' on the source; do not resume the source copy, its memory is out of date")
-        if source_runs and destination_runs and post_copy:
-            raise MigrationError(f"guest {self.name!r} runs on both hosts after post-copy",
-                                 fix=f"the copy on {result.destination} is current: stop the one on {result.source}")
+        if source_runs and destination_runs and (post_copy or result.status == "completed"):
+            raise MigrationError(f"guest {self.name!r} runs on both hosts after "
+                                 f"{'post-copy' if post_copy else 'a completed migration'}",
+                                 fix=f"the copy on {result.destination} is current: stop the one on {result.source} "
+                                     f"('virsh destroy {self.name}' there)")
+        if post_copy and result.status != "completed":
+            self._refuse_failed_post_copy(result, destination_runs, on_destination)
         if source_runs and destination_runs:
-            if result.status == "completed":
-                raise MigrationError(f"guest {self.name!r} runs on both hosts after a completed migration",
-                                     fix=f"stop the copy on {result.source} by hand after checking which is current")
-            self._destroy_incomplete_copy()
-            destination_runs = False
+            self._pause_both(result)
         if source_runs:
             return result.source
         if destination_runs:
             return result.destination
         return self._resume_paused(result, on_source, on_destination)
 
+    def _refuse_failed_post_copy(self, result, destination_runs, on_destination):
+        """A post-copy that did not complete: no host holds all of the memory, whatever a state says."""
+        shown = on_destination.describe() if on_destination is not None else "absent"
+        raise MigrationError(
+            f"post-copy of {self.name!r} failed after the switch ({self.shown_text()}): the destination "
+            f"{'runs' if destination_runs else 'held'} the guest ({shown}) but lacks the pages still on the source, "
+            "so neither host holds all of its memory",
+            fix=f"once both hosts reach each other again, recover with "
+                f"'{recovery_command(self.name, self.destination.uri)}' on {result.source}; never resume the "
+                f"source's copy (its memory is out of date) and do not decommission {result.source} before the "
+                f"guest completed on {result.destination}")
+
+    def _pause_both(self, result):
+        """Both hosts run the guest after a failed migration and nothing proves which copy is current: stop both
+        copies from changing, touch nothing else, and say what to do."""
+        for hypervisor in (self.source, self.destination):
+            domain = hypervisor.find_domain(self.name)
+            with libvirt_errors(self.source.lv, f"pausing {self.name!r} on {hypervisor.hostname()}"):
+                domain.suspend()
+        self.record("pause_both", "both hosts ran the guest after a failed migration; which copy is current cannot "
+                                  "be proven from libvirt, so both are paused")
+        self.look()
+        raise MigrationError(
+            f"guest {self.name!r} ran on both {result.source} and {result.destination} after the migration "
+            f"{result.status}; which copy is current cannot be proven, so both are paused now ({self.shown_text()})",
+            fix=f"find the current copy (the guest's own logs, its clients' last writes); then 'virsh destroy "
+                f"{self.name}' on the other host and 'virsh resume {self.name}' on the current one")
+
+    def _one_side_unreachable(self, result, on_source, on_destination, post_copy):
+        """One host did not answer: name the host that provably runs the guest, or fail with what is known."""
+        if on_source not in (None, UNREACHABLE) and on_source.running and not post_copy \
+                and result.status != "completed":
+            self.record("destination_unreachable", f"{result.destination} did not answer after the migration "
+                                                   f"{result.status}; the guest runs on {result.source}. "
+                                                   f"{LEFTOVER_COPY.format(name=self.name, host=result.destination)}")
+            return result.source
+        if on_destination not in (None, UNREACHABLE) and on_destination.running and result.status == "completed":
+            self.record("source_unreachable", f"{result.source} did not answer after the migration completed; the "
+                                              f"guest runs on {result.destination}")
+            return result.destination
+        raise MigrationError(f"cannot tell where guest {self.name!r} runs: {self.shown_text()}",
+                             fix="once both hosts answer, run 'virsh list --all' on both; start nothing before "
+                                 "that, and never run the guest on both")
+
+    def runs_only_on_source(self):
+        """Whether libvirt shows the guest running on the source, outside post-copy, and not on the destination.
+
+        A destination that does not answer (its link or its libvirtd is down) cannot have taken over a pre-copy whose
+        source still runs: the source is named, and the copy QEMU may have left there is recorded as to be removed.
+        """
+        on_source, on_destination = self.look()
+        if on_source in (None, UNREACHABLE) or not on_source.running or on_source.post_copy:
+            return False
+        if on_destination == UNREACHABLE:
+            self.record("destination_unreachable", f"the destination did not answer; the guest runs on the source. "
+                                                   f"{LEFTOVER_COPY.format(name=self.name, host='the destination')}")
+            return True
+        return not (on_destination and on_destination.running)
+
     def shown_text(self):
         source, destination = (self.shown.get(side, "not read") for side in ("source", "destination"))
         return f"source: {source}, destination: {destination}"
 
-    def look(self):
-        """(state on the source, state on the destination), kept in ``shown`` as text."""
+    def look(self, strict=False):
+        """(state on the source, state on the destination), kept in ``shown`` as text. A host that does not answer
+        is UNREACHABLE (``strict``: its error is raised instead, as before a migration)."""
         self.shown = {}
-        on_source = self.source.guest_state(self.name)
-        self.shown["source"] = describe(on_source)
-        on_destination = self.destination.guest_state(self.name)
-        self.shown["destination"] = describe(on_destination)
-        return on_source, on_destination
-
-    def _destroy_incomplete_copy(self):
-        domain = self.destination.find_domain(self.name)
-        self.record("destroy_destination_copy", "the migration did not complete but a copy runs on the destination")
-        with libvirt_errors(self.source.lv, f"stopping the incomplete copy of {self.name!r} on the destination"):
-            domain.destroy()
+        states = []
+        sides = (("source", (self.source, self.source_fallback)), ("destination", (self.destination,)))
+        for side, hypervisors in sides:
+            try:
+                state = self._state_from(hypervisors)
+            except MigrationError:
+                if strict:
+                    raise
+                state = UNREACHABLE
+            self.shown[side] = state if state == UNREACHABLE else describe(state)
+            states.append(state)
+        return tuple(states)
 
     def _resume_paused(self, result, on_source, on_destination):
         """Neither side runs the guest: resume the side that holds the complete copy."""

@@ -11,7 +11,10 @@ connection is opened.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, fields
+from urllib.parse import urlsplit
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
 from ansible_collections.kvm.live_migration.plugins.module_utils.policy import Policy
@@ -21,6 +24,13 @@ TRANSPORTS = ("tls", "ssh", "tcp")
 COPY_STORAGE = ("all", "incremental")
 COMPRESSION_METHODS = ("xbzrle", "mt", "zlib", "zstd")
 MAX_PARALLEL_CONNECTIONS = 255
+# A DNS name (RFC 1123 labels) or an IPv4/IPv6 address: nothing that adds a user, a path or URI parameters.
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                        r"[A-Za-z0-9])?)*\.?$")
+_IPV6 = re.compile(r"^\[?[0-9A-Fa-f:.]+(%[A-Za-z0-9]+)?\]?$")
+_DISK_TARGET = re.compile(r"^[a-z][a-z0-9]{1,31}$")  # vda, sdb, hdc, xvda, nvme0n1
+LIBVIRT_SCHEMES = ("qemu", "qemu+ssh", "qemu+libssh", "qemu+libssh2", "qemu+tls", "qemu+tcp", "qemu+unix")
+MIGRATE_URI_SCHEMES = ("tcp", "rdma", "unix")
 MIN_TIMEOUT_S = 60
 TIMEOUT_S_PER_GIB = 150
 
@@ -51,6 +61,7 @@ class MigrationRequest:
     compression: tuple = ()
     copy_storage: str | None = None
     migrate_disks: tuple = ()
+    post_copy_recovery_timeout_s: int = 300
 
     @property
     def policy(self):
@@ -70,9 +81,62 @@ def validate_request(request):
     return request
 
 
+def valid_host_name(host):
+    return bool(host) and (bool(_HOST_NAME.match(host)) or (":" in host and bool(_IPV6.match(host))))
+
+
+def validate_host_name(host, option):
+    """Raise MigrationError unless ``host`` is a DNS name or an address (``option`` names it in the message)."""
+    if not isinstance(host, str) or not valid_host_name(host):
+        raise MigrationError(f"{option}={host!r} is not a host name or address",
+                             fix=f"give {option} as a DNS name (hv2.example.com) or an address; use dest_uri for a "
+                                 "full libvirt URI")
+
+
+def validate_libvirt_uri(uri, option):
+    """A libvirt URI: a qemu scheme, /system or /session, a valid host for a remote one. Query parameters are
+    allowed (dest_uri is the documented way to give them); nothing else is."""
+    if not uri or not isinstance(uri, str):
+        raise MigrationError(f"{option} is empty", fix=f"give {option} as qemu+ssh://HOST/system, or give dest_host")
+    parsed = urlsplit(uri)
+    if parsed.scheme not in LIBVIRT_SCHEMES or "://" not in uri:
+        raise MigrationError(f"{option}={uri!r} is not a libvirt URI of QEMU ({', '.join(LIBVIRT_SCHEMES)})",
+                             fix=f"give {option} as qemu+ssh://HOST/system (or qemu:///system for this host)")
+    if parsed.path not in ("/system", "/session"):
+        raise MigrationError(f"{option}={uri!r} names neither /system nor /session", fix="end the URI with /system")
+    if parsed.scheme not in ("qemu", "qemu+unix") and not valid_host_name(parsed.hostname or ""):
+        raise MigrationError(f"{option}={uri!r} has no valid host name", fix="give qemu+ssh://HOST/system")
+
+
+def validate_migrate_uri(uri):
+    """migrate_uri: tcp://HOST[:PORT] (or rdma://, unix://), or a bare host name."""
+    parsed = urlsplit(uri if "://" in uri else f"tcp://{uri}")
+    try:
+        parsed.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme not in MIGRATE_URI_SCHEMES or parsed.query or parsed.username or (
+            parsed.scheme != "unix" and not valid_host_name(parsed.hostname or "")):
+        raise MigrationError(f"migrate_uri={uri!r} is not tcp://HOST[:PORT] (or rdma://HOST[:PORT], unix://PATH)",
+                             fix="give the address QEMU sends memory to, e.g. tcp://192.0.2.13:49152")
+
+
+def validate_numbers(request):
+    """NaN and infinity slip past every comparison (nan < 1 and nan > 1 are both false): refuse them first."""
+    for item in fields(request):
+        value = getattr(request, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MigrationError(f"{item.name.removesuffix('_s').removesuffix('_mib')}={value} is not a finite number",
+                                 fix="give a number, such as the option's default")
+
+
 def validate_values(request):
     """Every option's value and their combinations; cleartext without allow_insecure is left to the caller
     (migrate refuses it, preflight reports it as its transport finding)."""
+    validate_numbers(request)
+    validate_libvirt_uri(request.dest_uri, "dest_uri")
+    if request.migrate_uri is not None:
+        validate_migrate_uri(request.migrate_uri)
     if request.transport not in TRANSPORTS:
         raise MigrationError(f"transport={request.transport!r} is not one of {', '.join(TRANSPORTS)}",
                              fix="use transport: tls (QEMU native TLS), ssh (tunnelled) or tcp")
@@ -82,6 +146,9 @@ def validate_values(request):
     if request.bandwidth_mib < 0:
         raise MigrationError(f"bandwidth={request.bandwidth_mib} must be 0 (no cap) or a positive MiB/s",
                              fix="set bandwidth to the MiB/s the migration may use, or 0")
+    if request.post_copy_recovery_timeout_s < 0:
+        raise MigrationError(f"post_copy_recovery_timeout={request.post_copy_recovery_timeout_s} is negative",
+                             fix="give the seconds a broken post-copy may take to resume, e.g. 300, or 0 for no try")
     if request.timeout_s is not None and request.timeout_s <= 0:
         raise MigrationError(f"timeout={request.timeout_s} must be a positive number of seconds",
                              fix="omit timeout to derive it from the guest's memory, or give seconds")
@@ -122,6 +189,10 @@ def _validate_data_path(request):
     if request.copy_storage not in (None, *COPY_STORAGE):
         raise MigrationError(f"copy_storage={request.copy_storage!r} is not one of {', '.join(COPY_STORAGE)}",
                              fix="use copy_storage: all (full copy) or incremental (backing files are shared)")
+    bad_targets = [target for target in request.migrate_disks if not _DISK_TARGET.match(str(target))]
+    if bad_targets:
+        raise MigrationError(f"migrate_disks={', '.join(map(str, bad_targets))} is not a disk target name",
+                             fix="give the disk targets as libvirt names them (vda, sdb); see 'virsh domblklist'")
     if request.migrate_disks and request.copy_storage is None:
         raise MigrationError(f"migrate_disks={', '.join(request.migrate_disks)} needs copy_storage",
                              fix="set copy_storage: all or incremental, or drop migrate_disks for shared storage")

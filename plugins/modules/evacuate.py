@@ -193,12 +193,9 @@ evacuation:
       sample: []
 """
 
-import re
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import LIBVIRT_IMPORT_ERROR, Hypervisor
-from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
 from ansible_collections.kvm.live_migration.plugins.module_utils.evacuation import (
     STOPPED_POLICIES,
     UNMOVABLE_POLICIES,
@@ -215,7 +212,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.module_support 
     validate_progress,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.progress import ProgressBoard
-from ansible_collections.kvm.live_migration.plugins.module_utils.request import MigrationRequest
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import MigrationRequest, validate_host_name
 
 ARGUMENT_SPEC = {
     "source_uri": {"type": "str", "default": "qemu:///system"},
@@ -233,16 +230,9 @@ ARGUMENT_SPEC = {
     "unmovable": {"type": "str", "choices": list(UNMOVABLE_POLICIES), "default": "fail"},
     "shutdown_timeout": {"type": "int", "default": 300},
 }
-# A host name or an IPv4/IPv6 address: nothing that could add a user, a path or URI parameters.
-_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
-                   r"[A-Za-z0-9])?)*\.?$|^[0-9A-Fa-f:]+$")
-
-
 def build_evacuation(params):
     for host in params["destinations"]:
-        if not _HOST.match(host):
-            raise MigrationError(f"destinations: {host!r} is not a host name or address",
-                                 fix="give the destination hypervisors' host names, e.g. hv2.example.com")
+        validate_host_name(host, "destinations")
     template = {**params, "name": "-", "dest_uri": None, "dest_host": (params["destinations"] or ["-"])[0]}
     return EvacuationRequest(
         destinations=tuple(params["destinations"]), migration=build_request(MigrationRequest, template),

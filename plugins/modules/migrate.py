@@ -27,6 +27,11 @@ description:
   - After every outcome it checks both hypervisors and reports which one runs the guest. It never leaves the guest
     running on both or on neither.
   - A guest that already runs on the destination and not on the source is reported as unchanged.
+  - Reads both hosts first and refuses to start while a migration job of the guest is active (another run, or a run
+    whose controller died) or a post-copy of it is under way or failed half-way, naming how to watch, abort or
+    recover it. A post-copy that breaks after the switch is resumed within O(post_copy_recovery_timeout); the
+    source's copy, out of date then, is never resumed. Every connection has keepalive, and the time budget holds by
+    the clock even when no statistics come. See the collection's docs/reliability.md.
   - Run it on the source hypervisor (the default O(source_uri) is the local system daemon), or anywhere with a remote
     O(source_uri).
 author:
@@ -170,9 +175,12 @@ migration:
         - What the module did, in order. Each has C(pass) and C(time_ms) (since the start), C(what), C(why), C(value)
           (the new downtime limit in ms, or the throttle in %) and C(helped).
         - C(what) is one of C(set_downtime), C(auto_converge), C(post_copy), C(abort) (the policy's steps), or
-          C(abort_retry), C(abort_timeout), C(resume), C(destroy_destination_copy), C(measure_failed),
-          C(measure_skipped), C(post_copy_unavailable), C(auto_converge_unavailable), C(post_copy_failed),
-          C(set_downtime_failed), C(budget_exceeded).
+          C(abort_retry), C(abort_timeout), C(resume), C(pause_both) (both hosts ran the guest after a failed
+          migration and nothing proved which copy is current), C(measure_failed), C(measure_skipped),
+          C(post_copy_unavailable), C(auto_converge_unavailable) (a permission these hosts cannot honour, dropped),
+          C(post_copy_failed), C(post_copy_refused) (the destination lacked the memory), C(post_copy_recovered),
+          C(post_copy_recovery_failed), C(destination_unreachable), C(source_unreachable), C(set_downtime_failed),
+          C(budget_exceeded).
         - C(helped) is whether the ratio fell (or the migration ended) O(stall_passes) passes after a step; null for
           actions that are not judged.
       type: list
@@ -239,8 +247,10 @@ migration:
       type: dict
       sample: null
     hosts:
-      description: The guest's state on each host at the module's last look (C(running), C(paused), C(shutoff), ...
-        or C(absent)).
+      description:
+        - The guest's state on each host at the module's last look (C(running), C(paused), C(shutoff), ...,
+          C(absent), or C(unreachable) when the host did not answer), with libvirt's reason when it tells of a
+          migration (C(paused (postcopy_failed)), C(paused (migration))).
       type: dict
       sample: {"source": "absent", "destination": "running"}
     transport:

@@ -208,10 +208,42 @@ class Lab:
         completed = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=900, check=False)
         return completed.returncode, completed.stdout + completed.stderr
 
-    def module(self, host, args, tmp_path, check=False, module="migrate"):
-        """Run kvm.live_migration.MODULE once on ``host``; return its registered result."""
-        playbook, result_file = tmp_path / "migrate.yml", tmp_path / "result.json"
-        playbook.write_text(textwrap.dedent(f"""\
+    def start_module(self, host, args, tmp_path, label="background"):
+        """Start kvm.live_migration.migrate on ``host`` in a playbook of its own, without waiting; returns a
+        function that waits for it and returns (exit code, output, the registered result or None)."""
+        playbook, result_file = tmp_path / f"{label}.yml", tmp_path / f"{label}.json"
+        playbook.write_text(self._module_playbook(host, args, "migrate", result_file))
+        command = [str(VENV / "bin" / "ansible-playbook"), "-i", str(self.inventory), str(playbook)]
+        process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True)
+
+        def finish(timeout=600):
+            output, _ = process.communicate(timeout=timeout)
+            result = json.loads(result_file.read_text()) if result_file.exists() else None
+            return process.returncode, output, result
+
+        finish.process = process
+        return finish
+
+    def wait_for_job(self, host, name, timeout=60, passes=1):
+        """Wait until guest ``name``'s migration job on ``host`` has begun pass ``passes``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = lab("exec", host, "virsh", "-q", "-c", "qemu:///system", "domjobinfo", name, check=False).stdout
+            fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+            if fields.get("Job type", "").strip() == "Unbounded" and \
+                    int(fields.get("Iteration", "0").strip() or 0) >= passes:
+                return fields
+            time.sleep(0.3)
+        raise AssertionError(f"no migration job of {name} on {host} reached pass {passes} within {timeout} s")
+
+    def state_reason(self, host, name):
+        return lab("exec", host, "virsh", "-q", "-c", "qemu:///system", "domstate", "--reason", name,
+                   check=False).stdout.strip()
+
+    @staticmethod
+    def _module_playbook(host, args, module, result_file):
+        return textwrap.dedent(f"""\
             - hosts: {host}
               gather_facts: false
               tasks:
@@ -224,7 +256,12 @@ class Lab:
                     mode: "0644"
                   delegate_to: localhost
                   check_mode: false
-            """))
+            """)
+
+    def module(self, host, args, tmp_path, check=False, module="migrate"):
+        """Run kvm.live_migration.MODULE once on ``host``; return its registered result."""
+        playbook, result_file = tmp_path / "migrate.yml", tmp_path / "result.json"
+        playbook.write_text(self._module_playbook(host, args, module, result_file))
         code, output = self.playbook(playbook, check=check)
         assert code == 0 and result_file.exists(), output
         return json.loads(result_file.read_text())

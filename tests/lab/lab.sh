@@ -26,6 +26,9 @@
 #   lab.sh hide-cpu-feature HOST FEATURE  make HOST's libvirt see TCG's CPU without FEATURE (restarts libvirtd)
 #   lab.sh restore-cpu-features HOST      undo hide-cpu-feature
 #   lab.sh deny-userfaultfd HOST          give HOST's QEMU no userfaultfd (post-copy refused); allow-userfaultfd undoes it
+#   lab.sh kill-libvirtd HOST             kill HOST's libvirtd with SIGKILL (restart-libvirtd HOST brings it back)
+#   lab.sh link down|up HOST              cut HOST's link to the lab's bridge, or restore it
+#   lab.sh kill-qemu HOST NAME            kill the QEMU of guest NAME on HOST with SIGKILL
 #   lab.sh inventory          print the path of the generated Ansible inventory
 set -euo pipefail
 
@@ -245,6 +248,28 @@ cmd_restart_libvirtd() {
     stop_libvirtd "$pid"
     in_host "$host" taskset -c 0 libvirtd -d
     wait_for_host "$host"
+}
+
+cmd_kill_libvirtd() {
+    local host=${1:?host}
+    kill -KILL "$(cat "$LAB_STATE/$host/run/libvirtd.pid")" 2>/dev/null || true
+}
+
+cmd_link() {
+    local state=${1:?up or down} host=${2:?host}
+    case "$state" in up|down) ;; *) die "usage: lab.sh link down|up HOST" ;; esac
+    ip link set "$(netns_of "$host")" "$state"
+}
+
+# The hosts share this machine's process table: a guest's QEMU on HOST is the one in HOST's network namespace.
+cmd_kill_qemu() {
+    local host=${1:?host} name=${2:?name} pid killed=0
+    for pid in $(pgrep -f "qemu-system-x86_64 -name guest=$name," || true); do
+        if [ "$(ip netns identify "$pid" 2>/dev/null)" = "$(netns_of "$host")" ]; then
+            kill -KILL "$pid" && killed=1
+        fi
+    done
+    [ $killed -eq 1 ] || die "no QEMU of $name runs on $host"
 }
 
 cmd_host_uuid() {
@@ -615,6 +640,9 @@ main() {
         guest-intact) "$LAB_VENV/bin/python" "$HERE/guest_intact.py" "$LAB_STATE" "$@" ;;
         restart-libvirtd) cmd_restart_libvirtd "$@" ;;
         restart-libvirtd-here) cmd_restart_libvirtd_here ;;
+        kill-libvirtd) cmd_kill_libvirtd "$@" ;;
+        link) cmd_link "$@" ;;
+        kill-qemu) cmd_kill_qemu "$@" ;;
         prepare) cmd_prepare "$@" ;;
         host-uuid) cmd_host_uuid "$@" ;;
         hide-cpu-feature) cmd_hide_cpu_feature "$@" ;;
@@ -622,7 +650,7 @@ main() {
         deny-userfaultfd) cmd_deny_userfaultfd "$@" ;;
         allow-userfaultfd) cmd_allow_userfaultfd "$@" ;;
         inventory) echo "$LAB_STATE/inventory.yml" ;;
-        *) sed -n '2,29s/^# \{0,1\}//p' "$0"; [ -z "$cmd" ] || exit 2 ;;
+        *) sed -n '2,32s/^# \{0,1\}//p' "$0"; [ -z "$cmd" ] || exit 2 ;;
     esac
 }
 

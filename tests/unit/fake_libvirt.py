@@ -64,6 +64,16 @@ CONSTANTS = {
     "VIR_DOMAIN_RUNNING_MIGRATED": 2,
     "VIR_DOMAIN_RUNNING_MIGRATION_CANCELED": 6,
     "VIR_DOMAIN_PAUSED_MIGRATION": 2,
+    "VIR_DOMAIN_PAUSED_USER": 1,
+    "VIR_DOMAIN_PAUSED_POSTCOPY": 12,
+    "VIR_DOMAIN_PAUSED_POSTCOPY_FAILED": 13,
+    "VIR_DOMAIN_RUNNING_UNPAUSED": 5,
+    "VIR_DOMAIN_RUNNING_BOOTED": 1,
+    "VIR_DOMAIN_SHUTOFF_UNKNOWN": 0,
+    "VIR_DOMAIN_SHUTOFF_SHUTDOWN": 1,
+    "VIR_DOMAIN_SHUTOFF_DESTROYED": 2,
+    "VIR_DOMAIN_RUNNING_POSTCOPY": 10,
+    "VIR_DOMAIN_RUNNING_POSTCOPY_FAILED": 11,
     "VIR_DOMAIN_SHUTOFF_MIGRATED": 4,
     # Jobs.
     "VIR_DOMAIN_JOB_NONE": 0,
@@ -86,6 +96,7 @@ CONSTANTS = {
     "VIR_MIGRATE_ABORT_ON_ERROR": 4096,
     "VIR_MIGRATE_AUTO_CONVERGE": 8192,
     "VIR_MIGRATE_POSTCOPY": 32768,
+    "VIR_MIGRATE_POSTCOPY_RESUME": 524288,
     "VIR_MIGRATE_TLS": 65536,
     "VIR_MIGRATE_PARALLEL": 131072,
     "VIR_MIGRATE_PARAM_BANDWIDTH": "bandwidth",
@@ -193,6 +204,10 @@ class Migration:
     post_copy_refusals: int = 0  # migrateStartPostCopy raises this many times before it works
     completes_at_downtime: int | None = None  # a downtime limit at least this high ends the migration
     states_after: dict | None = None  # {"source"|"destination": state} each host shows once the job ended
+    drop_monitor_after: int | None = None  # the connection reading jobStats dies after this many samples
+    destination_down_on_start: bool = False  # the destination's libvirtd dies as start_error is raised
+    recoveries: list = field(default_factory=list)  # each POSTCOPY_RESUME call: True resumes and completes, False
+    # (or none left) fails as when the link is still down
     # Recorded:
     dconnuri: str | None = None
     params: dict | None = None
@@ -201,6 +216,8 @@ class Migration:
     abort_calls: int = 0
     starts: list = field(default_factory=list)  # (flags, params) of every migrateToURI3 call
     post_copy_calls: int = 0
+    resumes: int = 0  # migrateToURI3 calls with VIR_MIGRATE_POSTCOPY_RESUME
+    samples_served: int = 0
     post_copy_at: int | None = None  # samples left when post-copy started
     dirty_rate_calcs: list = field(default_factory=list)
     outcome: str | None = None  # completed, failed or aborted
@@ -350,7 +367,7 @@ def make_libvirt(cloud):
         return 0
 
     def run_event_loop():
-        time.sleep(0.1)  # the fake delivers events from the thread that ends the job
+        time.sleep(1)  # the fake delivers events from the thread that ends the job
         return 0
 
     module.virEventRegisterDefaultImpl = register_event_loop
@@ -367,8 +384,18 @@ class FakeConnection:
         self.cloud = cloud
         self.host = host
         self.closed = False
+        self.keepalive = None  # (interval, count) once setKeepAlive was called
+        self.dropped = False  # this connection died (keepalive gave up): every call fails
+
+    def setKeepAlive(self, interval, count):
+        if not self.cloud.event_loop:
+            raise libvirtError("Invalid value for keepalive: no event loop is registered", C.VIR_ERR_INTERNAL_ERROR)
+        self.keepalive = (interval, count)
+        return 0
 
     def _host(self):
+        if self.dropped:
+            raise libvirtError("internal error: client socket is closed", C.VIR_ERR_INTERNAL_ERROR)
         if self.host.down:
             raise libvirtError("Cannot write data: Broken pipe", C.VIR_ERR_SYSTEM_ERROR)
         return self.host
@@ -756,6 +783,16 @@ class FakeDomain:
                 guest.persistent = False
             return 0
 
+    def suspend(self):
+        with self.conn.cloud.lock:
+            guest = self._guest()
+            self._refuse_if_asked(guest, "suspend")
+            if guest.state not in (C.VIR_DOMAIN_RUNNING, C.VIR_DOMAIN_PAUSED):
+                raise libvirtError("Requested operation is not valid: domain is not running",
+                                   C.VIR_ERR_OPERATION_INVALID)
+            guest.state, guest.reason = C.VIR_DOMAIN_PAUSED, C.VIR_DOMAIN_PAUSED_USER
+            return 0
+
     def shutdown(self):
         """An ACPI shutdown request: the guest stops at once unless it ignores ACPI (``refuses`` "shutdown")."""
         with self.conn.cloud.lock:
@@ -778,7 +815,11 @@ class FakeDomain:
         with cloud.lock:
             if not job.active:
                 return {"type": C.VIR_DOMAIN_JOB_NONE}
+            if job.drop_monitor_after is not None and job.samples_served >= job.drop_monitor_after:
+                self.conn.dropped = True
+                self.conn._host()  # raises, as every later call on this connection will
             if job.samples:
+                job.samples_served += 1
                 sample = dict(job.samples.pop(0))
                 self._announce_passes(guest, job, sample.get("memory_iteration", 0))
                 return sample
@@ -824,14 +865,35 @@ class FakeDomain:
                     "operation aborted: migration out job: canceled by client", C.VIR_ERR_OPERATION_ABORTED))
             return 0
 
+    def _resume_post_copy(self, dconnuri, flags):
+        """A post-copy recovery: completes the broken post-copy when the script says the link is back."""
+        cloud = self.conn.cloud
+        with cloud.lock:
+            guest = self._guest()
+            job = guest.migration
+            job.resumes += 1
+            if not (job.recoveries and job.recoveries.pop(0)):
+                raise libvirtError(f"operation failed: Failed to connect to remote libvirt URI {dconnuri}: "
+                                   "Connection refused", C.VIR_ERR_OPERATION_FAILED)
+            destination = cloud.hosts[dconnuri]
+            destination.guests[guest.name] = replace(guest, state=C.VIR_DOMAIN_RUNNING,
+                                                     reason=C.VIR_DOMAIN_RUNNING_MIGRATED,
+                                                     persistent=bool(flags & C.VIR_MIGRATE_PERSIST_DEST))
+            del self.conn.host.guests[guest.name]
+            return 0
+
     def migrateToURI3(self, dconnuri, params, flags):
         cloud = self.conn.cloud
+        if flags & C.VIR_MIGRATE_POSTCOPY_RESUME:
+            return self._resume_post_copy(dconnuri, flags)
         with cloud.lock:
             job = self._guest().migration
             job.dconnuri, job.params, job.flags = dconnuri, dict(params), flags
             job.starts.append((flags, dict(params)))
             if job.start_error is not None:
                 error, job.start_error = job.start_error, None
+                if job.destination_down_on_start:
+                    cloud.hosts[dconnuri].down = True
                 raise error
             job.started.set()
             if dconnuri not in cloud.hosts:
@@ -885,8 +947,10 @@ class FakeDomain:
         if outcome != "completed" and job.post_copy_at is not None:
             # Post-copy failed after the switch: QEMU pauses both halves of the guest.
             destination = self.conn.cloud.hosts[job.dconnuri]
-            destination.guests[guest.name] = replace(guest, state=C.VIR_DOMAIN_PAUSED, persistent=False)
-            guest.state, guest.reason = C.VIR_DOMAIN_PAUSED, C.VIR_DOMAIN_PAUSED_MIGRATION
+            # libvirt >= 8.5 keeps both in the post-copy-failed state, ready for --postcopy-resume.
+            destination.guests[guest.name] = replace(guest, state=C.VIR_DOMAIN_PAUSED,
+                                                     reason=C.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED, persistent=False)
+            guest.state, guest.reason = C.VIR_DOMAIN_PAUSED, C.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED
         elif outcome != "completed":
             if job.destination_copy_after:
                 destination = self.conn.cloud.hosts[job.dconnuri]

@@ -7,7 +7,12 @@ from conftest import DEST_URI, SOURCE_URI
 from fake_libvirt import C
 
 from ansible_collections.kvm.live_migration.plugins.module_utils import connection
-from ansible_collections.kvm.live_migration.plugins.module_utils.connection import GuestState, Hypervisor
+from ansible_collections.kvm.live_migration.plugins.module_utils.connection import (
+    KEEPALIVE_COUNT,
+    KEEPALIVE_INTERVAL_S,
+    GuestState,
+    Hypervisor,
+)
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
 
 
@@ -63,8 +68,31 @@ def test_find_domain_other_libvirt_error(source, hv1):
 def test_guest_state(source, web01, state, persistent, expected, running, paused):
     web01.state, web01.persistent = state, persistent
     guest = source.guest_state("web01")
-    assert guest.as_dict() == {"name": "web01", "uuid": web01.uuid, "state": expected, "persistent": persistent}
+    assert {key: value for key, value in guest.as_dict().items() if key != "reason"} == {
+        "name": "web01", "uuid": web01.uuid, "state": expected, "persistent": persistent}
     assert (guest.running, guest.paused) == (running, paused)
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "name", "post_copy", "migrating", "shown"),
+    [
+        (C.VIR_DOMAIN_RUNNING, C.VIR_DOMAIN_RUNNING_BOOTED, "booted", False, False, "running"),
+        (C.VIR_DOMAIN_RUNNING, C.VIR_DOMAIN_RUNNING_POSTCOPY, "postcopy", True, False, "running (postcopy)"),
+        (C.VIR_DOMAIN_RUNNING, C.VIR_DOMAIN_RUNNING_POSTCOPY_FAILED, "postcopy_failed", True, False,
+         "running (postcopy_failed)"),
+        (C.VIR_DOMAIN_PAUSED, C.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED, "postcopy_failed", True, False,
+         "paused (postcopy_failed)"),
+        (C.VIR_DOMAIN_PAUSED, C.VIR_DOMAIN_PAUSED_MIGRATION, "migration", False, True, "paused (migration)"),
+        (C.VIR_DOMAIN_PAUSED, C.VIR_DOMAIN_PAUSED_USER, "user", False, False, "paused"),
+        (C.VIR_DOMAIN_PAUSED, 77, "unknown(77)", False, False, "paused"),
+    ],
+    ids=["booted", "post-copy", "post-copy-failed-running", "post-copy-failed-paused", "incoming", "user-paused",
+         "unknown-reason"],
+)
+def test_guest_state_reads_the_reason(source, web01, state, reason, name, post_copy, migrating, shown):
+    web01.state, web01.reason = state, reason
+    guest = source.guest_state("web01")
+    assert (guest.reason, guest.post_copy, guest.migrating, guest.describe()) == (name, post_copy, migrating, shown)
 
 
 def test_guest_state_gone_between_lookup_and_state(source, hv1, monkeypatch):
@@ -94,6 +122,12 @@ def test_open_registers_the_silent_error_handler(cloud, lv):
         pass
     handler, context = cloud.error_handler
     assert (handler, context) == (connection._discard_libvirt_error, None)
+
+
+def test_every_connection_gets_keepalive_so_no_call_waits_forever_on_a_dead_peer(cloud, lv):
+    with Hypervisor(SOURCE_URI, lv) as plain, Hypervisor(SOURCE_URI, lv, events=True) as watching:
+        assert cloud.event_loop  # keepalive runs in libvirt's event loop
+        assert plain.conn.keepalive == watching.conn.keepalive == (KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
 
 
 def test_open_unreachable_host(lv):
@@ -162,7 +196,7 @@ def test_job_completed_events_need_an_event_connection(cloud, lv, hv1):
     cloud.add_guest(hv1, "web01")
     with Hypervisor(SOURCE_URI, lv) as hypervisor, pytest.raises(MigrationError, match="opened without events"):
         hypervisor.watch_job_completed(hypervisor.find_domain("web01"), print)
-    assert cloud.event_loop is False
+    assert cloud.event_callbacks == {}  # the loop runs for keepalive, but nothing watches this connection
 
 
 def test_event_connection_starts_the_loop_once(cloud, lv, hv1):

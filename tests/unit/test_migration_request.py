@@ -10,6 +10,7 @@ from fake_libvirt import GIB, MIB, FakeCloud
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample
 from ansible_collections.kvm.live_migration.plugins.module_utils.migration import budget_exceeded
+from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import build_request
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import (
     MigrationRequest,
     default_timeout_s,
@@ -43,9 +44,40 @@ def request(**changes):
         ({"transport": "ssh", "dest_uri": "qemu+tls://hv2/system"},
          "transport=ssh tunnels through the libvirt connection, but dest_uri='qemu+tls://hv2/system' is not a "
          "qemu+ssh:// URI"),
+        # NaN and infinity pass every comparison: each float option refuses them by name.
+        ({"max_data_factor": float("nan")}, "max_data_factor=nan is not a finite number"),
+        ({"max_data_factor": float("inf")}, "max_data_factor=inf is not a finite number"),
+        ({"poll_interval_s": float("nan")}, "poll_interval=nan is not a finite number"),
+        ({"convergence_threshold": float("nan")}, "convergence_threshold=nan is not a finite number"),
+        ({"convergence_threshold": float("-inf")}, "convergence_threshold=-inf is not a finite number"),
+        # dest_uri: a libvirt URI of QEMU with a host; its query parameters are the operator's to give.
+        ({"dest_uri": ""}, "dest_uri is empty"),
+        ({"dest_uri": "hv2"}, "dest_uri='hv2' is not a libvirt URI of QEMU (qemu, qemu+ssh, qemu+libssh, "
+                              "qemu+libssh2, qemu+tls, qemu+tcp, qemu+unix)"),
+        ({"dest_uri": "xen+ssh://hv2/system"}, "dest_uri='xen+ssh://hv2/system' is not a libvirt URI of QEMU "
+                                               "(qemu, qemu+ssh, qemu+libssh, qemu+libssh2, qemu+tls, qemu+tcp, "
+                                               "qemu+unix)"),
+        ({"dest_uri": "qemu+ssh://hv2/"}, "dest_uri='qemu+ssh://hv2/' names neither /system nor /session"),
+        ({"dest_uri": "qemu+ssh:///system"}, "dest_uri='qemu+ssh:///system' has no valid host name"),
+        ({"dest_uri": "qemu+ssh://hv_2!/system"}, "dest_uri='qemu+ssh://hv_2!/system' has no valid host name"),
+        # migrate_uri: where QEMU sends the memory, nothing more.
+        ({"migrate_uri": "tcp://10.0.0.2:abc"}, "migrate_uri='tcp://10.0.0.2:abc' is not tcp://HOST[:PORT] (or "
+                                                "rdma://HOST[:PORT], unix://PATH)"),
+        ({"migrate_uri": "http://10.0.0.2"}, "migrate_uri='http://10.0.0.2' is not tcp://HOST[:PORT] (or "
+                                             "rdma://HOST[:PORT], unix://PATH)"),
+        ({"migrate_uri": "tcp://10.0.0.2?x=1"}, "migrate_uri='tcp://10.0.0.2?x=1' is not tcp://HOST[:PORT] (or "
+                                                "rdma://HOST[:PORT], unix://PATH)"),
+        # migrate_disks: disk target names, not paths or lists.
+        ({"copy_storage": "all", "migrate_disks": ("vda", "/dev/sdb")},
+         "migrate_disks=/dev/sdb is not a disk target name"),
+        ({"copy_storage": "all", "migrate_disks": ("vda,vdb",)}, "migrate_disks=vda,vdb is not a disk target name"),
     ],
     ids=["transport", "tcp-without-allow-insecure", "downtime-zero", "downtime-negative", "bandwidth",
-         "timeout", "max-data-factor", "poll-too-fast", "poll-too-slow", "ssh-needs-ssh-uri"],
+         "timeout", "max-data-factor", "poll-too-fast", "poll-too-slow", "ssh-needs-ssh-uri",
+         "max-data-factor-nan", "max-data-factor-inf", "poll-nan", "threshold-nan", "threshold-minus-inf",
+         "dest-uri-empty", "dest-uri-schemeless", "dest-uri-not-qemu", "dest-uri-no-path", "dest-uri-no-host",
+         "dest-uri-bad-host", "migrate-uri-port", "migrate-uri-scheme", "migrate-uri-query", "disk-path",
+         "disk-list"],
 )
 def test_validate_request_refuses(changes, message):
     with pytest.raises(MigrationError) as caught:
@@ -149,3 +181,39 @@ def test_result_as_dict_keys():
         "status", "owner", "source", "destination", "strategy", "actions", "total_time_ms", "downtime_ms",
         "downtime_net_ms", "setup_time_ms", "data_sent_bytes", "data_total_bytes", "passes", "final_ratio",
         "prediction", "timeline", "error", "hosts", "transport"]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["qemu+ssh://hv2/system", "qemu+ssh://root@hv2.example.com:2222/system",
+     "qemu+ssh://hv2/system?keyfile=/root/.ssh/migrate&no_verify=1", "qemu+tls://[2001:db8::2]/system",
+     "qemu:///system", "qemu+tcp://192.0.2.12/system"],
+    ids=["ssh", "user-and-port", "documented-parameters", "ipv6", "local", "tcp"],
+)
+def test_dest_uri_accepts_libvirt_uris_with_their_parameters(uri):
+    assert validate_request(request(dest_uri=uri)).dest_uri == uri
+
+
+@pytest.mark.parametrize(
+    ("host", "accepted"),
+    [("hv2", True), ("hv2.example.com", True), ("192.0.2.12", True), ("2001:db8::2", True),
+     ("hv2/system?command=/bin/sh", False), ("hv2?no_verify=1", False), ("root@hv2", False), ("", False),
+     ("-hv2", False), ("hv2 hv3", False)],
+    ids=["short", "fqdn", "ipv4", "ipv6", "uri-injection", "parameter-injection", "user", "empty", "leading-dash",
+         "space"],
+)
+def test_dest_host_must_be_a_host_name_or_an_address(host, accepted):
+    params = {"name": "web01", "dest_uri": None, "dest_host": host, "source_uri": "qemu:///system"}
+    if accepted:
+        assert build_request(MigrationRequest, params).dest_uri == f"qemu+ssh://{host}/system"
+    else:
+        with pytest.raises(MigrationError, match=r"dest_host=.* is not a host name or address"):
+            build_request(MigrationRequest, params)
+
+
+@pytest.mark.parametrize("uri", ["", "hv1", "qemu+ssh://hv1?x=/system", "lxc:///system"],
+                         ids=["empty", "schemeless", "no-path", "not-qemu"])
+def test_source_uri_must_be_a_libvirt_uri(uri):
+    params = {"name": "web01", "dest_uri": None, "dest_host": "hv2", "source_uri": uri}
+    with pytest.raises(MigrationError, match="source_uri"):
+        build_request(MigrationRequest, params)

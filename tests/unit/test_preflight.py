@@ -380,6 +380,15 @@ def test_host_info_of_a_remote_uri_does_not_read_the_local_kernel(cloud, lv):
     assert facts["domains"] == []
 
 
+def test_host_info_refuses_domains_the_host_does_not_have(module_runner, cloud, db01):
+    run = module_runner(host_info_module)
+    outcome, returned = run({"domains": ["db01", "ghost"], "probe_kvm": False})
+    assert outcome == "fail"
+    assert returned["msg"].startswith("domains: ghost is not defined on qemu:///system")
+    outcome, returned = run({"domains": ["db01", db01.uuid], "probe_kvm": False})
+    assert (outcome, [domain["name"] for domain in returned["domains"]]) == ("exit", ["db01"])
+
+
 @pytest.mark.parametrize(("versions", "post_copy", "name", "supported", "reason"), [
     ({"libvirt": 9_000_000, "hypervisor": 7_002_000}, None, "zero_copy", True, "support it"),
     ({"libvirt": 9_000_000, "hypervisor": 7_002_000}, None, "compression.zstd", False, "needs libvirt 9.4.0"),

@@ -230,6 +230,8 @@ ARGUMENT_SPEC = {
     "unmovable": {"type": "str", "choices": list(UNMOVABLE_POLICIES), "default": "fail"},
     "shutdown_timeout": {"type": "int", "default": 300},
 }
+
+
 def build_evacuation(params):
     for host in params["destinations"]:
         validate_host_name(host, "destinations")

@@ -218,7 +218,7 @@ class Lab:
                                    text=True, start_new_session=True)
 
         def finish(timeout=600):
-            output, _ = process.communicate(timeout=timeout)
+            output = process.communicate(timeout=timeout)[0]
             result = json.loads(result_file.read_text()) if result_file.exists() else None
             return process.returncode, output, result
 

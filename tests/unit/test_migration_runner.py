@@ -653,8 +653,8 @@ def test_migrate_disks_must_name_disks_the_guest_has(cloud, hv1, clock):
     ],
     ids=["active-job-on-the-source", "incoming-on-the-destination", "post-copy-failed", "post-copy-running"],
 )
-def test_no_migration_starts_while_another_is_under_way_or_broke_half_way(cloud, hv1, hv2, clock, source,
-                                                                            destination, message):
+def test_no_migration_starts_while_another_is_under_way_or_broke_half_way(
+        cloud, hv1, hv2, clock, source, destination, message):
     """A re-run after the controller died, or a second run at once, reads libvirt's state of both hosts first:
     it never steers another run's job, never starts a second one, and never calls a half-done post-copy done."""
     job = Migration(samples=PASSES)

@@ -83,12 +83,16 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Files move between packages across the generations (libvirt 11's libvirt-common took over
-# libvirt0's cpu_map): going back, removing the newer owner deletes files the older package ships.
-# Reinstall every package of the stack that misses a file of its own.
+# libvirt0's cpu_map): going back, removing the newer owner deletes files the older package ships,
+# and dpkg no longer lists them as that package's, so 'dpkg --verify' cannot see them missing.
+# After a switch, reinstall every package of the stack; otherwise those that miss a file of their own.
 damaged=()
 for package in $(dpkg-query -W -f='${binary:Package} ${source:Package} ${db:Status-Status}\n' |
     awk '$3 == "installed" && ($2 == "qemu" || $2 == "libvirt" || $2 == "seabios") {print $1}'); do
-    dpkg --verify "$package" 2>/dev/null | grep -q '^missing ' && damaged+=("$package")
+    # grep without -q: an early exit would fail the pipeline (pipefail) and hide the package.
+    if [ ${#missing[@]} -gt 0 ] || dpkg --verify "$package" 2>/dev/null | grep '^missing ' >/dev/null; then
+        damaged+=("$package")
+    fi
 done
 if [ ${#damaged[@]} -gt 0 ]; then
     echo "install-deps.sh: reinstalling ${damaged[*]} (files lost in the switch between stacks)"

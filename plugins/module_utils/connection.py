@@ -95,6 +95,11 @@ class GuestState:
         return (self.state, self.reason) in POST_COPY_REASONS
 
     @property
+    def post_copy_failed(self):
+        """A post-copy that broke (libvirt >= 8.5 keeps it for a resume): not one that still runs."""
+        return self.post_copy and self.reason == "postcopy_failed"
+
+    @property
     def migrating(self):
         """Paused by a migration (the source's final copy, or a destination waiting for the memory)."""
         return (self.state, self.reason) in INCOMING_REASONS
@@ -154,6 +159,27 @@ class Hypervisor:
         # A daemon that went away (e.g. the host rebooted) leaves nothing to release.
         with contextlib.suppress(self.lv.libvirtError):
             conn.close()
+
+    def alive(self):
+        """Whether the connection is open and its peer still answers (keepalive has not given up on it)."""
+        if self._conn is None:
+            return False
+        try:
+            return self._conn.isAlive() == 1
+        except self.lv.libvirtError:
+            return False
+
+    def revive(self):
+        """Open the connection again when it died (a cut link, a restarted libvirtd); False while the host does not
+        answer."""
+        if self.alive():
+            return True
+        self.close()
+        try:
+            self.open()
+        except MigrationError:
+            return False
+        return True
 
     @property
     def conn(self):

@@ -24,7 +24,13 @@ class FeatureNeeds:
     removed_in_qemu: int | None = None
     engine: bool = False  # the convergence engine steers with it
     source_only: bool = False  # only the source's versions matter
+    broken_in_libvirt: tuple = ()  # ((lowest, below, why), ...): libvirt releases where the feature is broken
 
+
+# Measured in the lab (11.3.0): qemuMigrationDstPrepareResume passes no file descriptor to qemuProcessIncomingDefNew,
+# which reads it, so the destination's daemon dies on every post-copy resume.
+_RESUME_CRASHES = (11_003_000, 11_004_000, "crashes its libvirtd on every post-copy resume (a NULL file descriptor in "
+                   "qemuMigrationDstPrepareResume)")
 
 FEATURES = (
     FeatureNeeds("auto_converge", ("VIR_MIGRATE_AUTO_CONVERGE", "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL",
@@ -39,6 +45,9 @@ FEATURES = (
     FeatureNeeds("compression.zlib", ("VIR_MIGRATE_PARAM_COMPRESSION", "VIR_MIGRATE_PARALLEL"), 9_004_000, 5_000_000),
     FeatureNeeds("compression.zstd", ("VIR_MIGRATE_PARAM_COMPRESSION", "VIR_MIGRATE_PARALLEL"), 9_004_000, 5_000_000),
     FeatureNeeds("zero_copy", ("VIR_MIGRATE_ZEROCOPY",), 8_005_000, 7_001_000),
+    # Resuming a post-copy that broke: QEMU's migrate-pause (abortJobFlags) and VIR_MIGRATE_POSTCOPY_RESUME.
+    FeatureNeeds("post_copy_recovery", ("VIR_MIGRATE_POSTCOPY_RESUME", "VIR_DOMAIN_ABORT_JOB_POSTCOPY"), 8_005_000,
+                 3_000_000, engine=True, broken_in_libvirt=(_RESUME_CRASHES,)),
 )
 
 
@@ -49,6 +58,7 @@ class Features:
     auto_converge: bool = True
     post_copy: bool = True
     dirty_rate: bool = True
+    post_copy_recovery: bool = True
     reasons: dict = field(default_factory=dict)  # feature -> why it is unavailable
 
     def without(self, feature, reason):
@@ -75,12 +85,20 @@ def version_gap(needs, versions):
     return None
 
 
+def broken_release(needs, versions):
+    """Why the libvirt release in ``versions`` cannot be used for the feature although new enough, or None."""
+    for lowest, below, why in needs.broken_in_libvirt:
+        if lowest <= versions["libvirt"] < below:
+            return f"libvirt {dotted_version(versions['libvirt'])} {why}"
+    return None
+
+
 def host_features(names, versions, post_copy=None):
     """[{name, supported, reason}] for one host; ``post_copy`` is hostfacts.post_copy_status() when read locally."""
     rows = []
     for needs in FEATURES:
         missing = missing_names(needs, names)
-        gap = version_gap(needs, versions)
+        gap = version_gap(needs, versions) or broken_release(needs, versions)
         if missing:
             supported, reason = False, f"the libvirt Python binding lacks {', '.join(missing)}"
         elif gap:
@@ -98,13 +116,19 @@ def detect_features(binding_names, source_versions, destination_versions, transp
     """The engine's features that both hosts support (the source alone for the dirty-rate measurement)."""
     features = Features()
     for needs in (needs for needs in FEATURES if needs.engine):
-        hosts = [source_versions] if needs.source_only else [source_versions, destination_versions]
+        hosts = {"source": source_versions}
+        if not needs.source_only:
+            hosts["destination"] = destination_versions
         missing = missing_names(needs, binding_names)
-        gap = next(filter(None, (version_gap(needs, versions) for versions in hosts)), None)
+        gap = next(filter(None, (version_gap(needs, versions) for versions in hosts.values())), None)
+        broken = next(((side, why) for side, why in ((side, broken_release(needs, versions))
+                                                     for side, versions in hosts.items()) if why), None)
         if missing:
             features = features.without(needs.name, f"the libvirt Python binding lacks {', '.join(missing)}")
         elif gap:
             features = features.without(needs.name, f"{gap} on both hosts")
+        elif broken:
+            features = features.without(needs.name, f"{broken[1]} on the {broken[0]}")
     if transport == "ssh" and features.post_copy:
         features = features.without("post_copy", "tunnelled (transport: ssh) migration cannot switch to post-copy")
     return features

@@ -37,7 +37,11 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.features import
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobs import completed_job_stats, measure_dirty_rate
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample, Timeline, progress
 from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml import parse_guest
-from ansible_collections.kvm.live_migration.plugins.module_utils.ownership import Ownership
+from ansible_collections.kvm.live_migration.plugins.module_utils.ownership import (
+    BROKEN_POST_COPY,
+    Ownership,
+    describe,
+)
 from ansible_collections.kvm.live_migration.plugins.module_utils.policy import Steering, predict, steer
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import (
     default_timeout_s,
@@ -68,6 +72,8 @@ ABORT_RETRY_S = 2.0
 POST_COPY_MEMORY_MARGIN = 256 * MIB
 POST_COPY_RECOVERY_RETRY_S = 5.0
 EOF_AT_START = "end of file while reading data"
+# libvirt's refusal of a resume while QEMU still sends the post-copy stream (into a dead socket, after a cut link).
+QEMU_STILL_MIGRATING = "migration is still running"
 
 
 class _Outcome:
@@ -103,7 +109,11 @@ class MigrationRunner:
         self._pass = 0  # the latest pass seen
         self._completion = (threading.Event(), [])  # the JOB_COMPLETED event's statistics
         self._pass_started_ms = {}  # pass -> when its MIGRATION_ITERATION event came
-        self.ownership = Ownership(request.name, monitor, destination, self._record, source_fallback=source)
+        self._migrating = None  # the domain on the migrating connection, once the migration started
+        self._memory_bytes = None
+        self.features = None  # what both hosts support (detect_features), read before anything moves
+        self.ownership = Ownership(request.name, monitor, destination, self._record, source_fallback=source,
+                                   resume_options="--tls" if request.transport == "tls" else "")
 
     # -- public -----------------------------------------------------------------------------
 
@@ -115,13 +125,15 @@ class MigrationRunner:
         if placement == "destination":
             result.status, result.owner = "already_migrated", result.destination
             return result
+        if placement == BROKEN_POST_COPY:
+            return self._resume_broken_post_copy(result, check_mode)
         if placement != "source":
             raise MigrationError(placement)
         watched = self.monitor.find_domain(self.request.name)
         memory_bytes = watched.maxMemory() * KIB
         self._memory_bytes = memory_bytes
         self._check_disk_targets(watched)
-        features = self._features()
+        features = self.features = self._features()
         self._record_dropped_permissions(features)
         result.prediction = self._predict(watched, features, memory_bytes)
         if check_mode:
@@ -162,6 +174,33 @@ class MigrationRunner:
                                    ("auto_converge", self.request.allow_auto_converge)):
             if permitted and not getattr(features, feature):
                 self._record(f"{feature}_unavailable", f"allow_{feature}=true is dropped: {features.reasons[feature]}")
+        if self.request.allow_post_copy and features.post_copy and not features.post_copy_recovery:
+            self._record("post_copy_recovery_unavailable", "a post-copy that breaks (a cut link, a host that stops "
+                                                           "answering) cannot be resumed: "
+                                                           f"{features.reasons['post_copy_recovery']}")
+
+    def _resume_broken_post_copy(self, result, check_mode):
+        """This guest's post-copy broke before this run, and libvirt keeps it for a resume: resume it, start nothing."""
+        self.features = self._features()
+        self._record("post_copy_found_broken", f"a post-copy of the guest broke before this run "
+                                               f"({self.ownership.shown_text()}); it is resumed, nothing is started")
+        result.strategy = "post_copy"
+        if check_mode:
+            result.status, result.owner, result.actions = "would_resume", "unknown", self.actions
+            return result
+        domain = self.source.find_domain(self.request.name)
+        self._started = self.clock()
+        result.status = "failed"
+        try:
+            self._recover_post_copy(result, domain)
+            result.owner = self.ownership.settle(result, True)
+        except MigrationError as error:
+            raise self._with_result(error, result) from None
+        finally:
+            result.hosts = dict(self.ownership.shown)
+            result.actions = self.actions
+            result.total_time_ms = self._elapsed_ms()
+        return result
 
     def _predict(self, watched, features, memory_bytes):
         """The prediction from a measured dirty rate (when asked and possible) and the starting strategy."""
@@ -354,7 +393,7 @@ class MigrationRunner:
         self._record("abort", reason, step=step)
         deadline = self.clock() + ABORT_TIMEOUT_S
         # Through the monitor first, then through the migrating connection should the monitor's have died.
-        handles = itertools.cycle([watched, getattr(self, "_migrating", None) or watched])
+        handles = itertools.cycle([watched, self._migrating or watched])
         while not outcome.finished.is_set() and self.clock() < deadline:
             try:
                 next(handles).abortJob()
@@ -379,13 +418,34 @@ class MigrationRunner:
     def _recover_post_copy(self, result, domain):
         """Resume the broken post-copy (VIR_MIGRATE_POSTCOPY_RESUME) until it completes or the recovery budget ends;
         the source's copy is never resumed, whatever happens."""
+        if not self.features.post_copy_recovery:
+            self.ownership.recovery_blocked = self.features.reasons["post_copy_recovery"]
+            # QEMU's stream is left as it is: the re-run after the upgrade pauses it once the destination answers.
+            self._record("post_copy_recovery_unavailable", f"the broken post-copy is not resumed: "
+                                                           f"{self.ownership.recovery_blocked}")
+            return
         budget = self.request.post_copy_recovery_timeout_s
         deadline = self.clock() + budget
-        flags = migration_flags(self.lv, self.request, self.steering.rungs) | self.lv.VIR_MIGRATE_POSTCOPY | \
+        rungs = self.steering.rungs if self.steering else ()
+        flags = migration_flags(self.lv, self.request, rungs) | self.lv.VIR_MIGRATE_POSTCOPY | \
             self.lv.VIR_MIGRATE_POSTCOPY_RESUME
         params = migration_params(self.lv, self.request, post_copy=True)
-        tries, last_error = 0, None
+        tries, last_error, paused = 0, None, False
         while self.clock() < deadline:
+            not_ready = self._destination_unreachable()
+            if not not_ready and (not paused or QEMU_STILL_MIGRATING in (last_error or "").lower()):
+                # Paused only once the destination answers: the pause closes QEMU's stream, and the destination sees
+                # the break only if that close reaches it (a reset sent into a cut link is lost, and then its QEMU
+                # waits on the dead connection for good; measured). Its libvirt may call the post-copy failed
+                # before its QEMU saw the break, so the resume waits one more interval.
+                self._pause_post_copy(domain)
+                paused = True
+                not_ready = "QEMU's stream was just paused: the destination is given time to see it close"
+            not_ready = not_ready or self._destination_not_failed()
+            if not_ready:
+                last_error = not_ready
+                self.wait(min(POST_COPY_RECOVERY_RETRY_S, max(0.0, deadline - self.clock())), threading.Event())
+                continue
             tries += 1
             resumed = _Outcome()
             self._run_migration_call(domain, params, flags, resumed)
@@ -393,14 +453,49 @@ class MigrationRunner:
             if resumed.finished.is_set() and resumed.error is None:
                 self._record("post_copy_recovered", f"post-copy resumed and completed after {tries} "
                                                     f"attempt{'s' if tries > 1 else ''}")
-                result.status, result.error = "completed", None
+                result.status, result.error, result.total_time_ms = "completed", None, self._elapsed_ms()
                 return
             last_error = resumed.error.get_error_message() if isinstance(resumed.error, self.lv.libvirtError) \
                 else str(resumed.error or "no answer")
             self.wait(min(POST_COPY_RECOVERY_RETRY_S, max(0.0, deadline - self.clock())), threading.Event())
         self._record("post_copy_recovery_failed",
                      f"post-copy did not resume within post_copy_recovery_timeout={budget} s ({tries} attempts; "
-                     f"last: {last_error})" if tries else "post_copy_recovery_timeout=0: no recovery tried")
+                     f"last: {last_error})" if budget > 0 else "post_copy_recovery_timeout=0: no recovery tried")
+
+    def _destination_unreachable(self):
+        """Why the destination cannot be asked now (its link or libvirtd is down), or None. A connection libvirt still
+        calls alive proves nothing until keepalive gave up on it: the destination must answer a call."""
+        if self.destination.revive():
+            try:
+                self.destination.conn.getLibVersion()
+                return None
+            except self.lv.libvirtError:
+                pass
+        return f"the destination ({self.destination.uri}) does not answer"
+
+    def _destination_not_failed(self):
+        """Why a resume must wait, or None. Measured: a resume that reaches the destination before its libvirt saw
+        the stream break (the moment a cut link returns) can hang both daemons' jobs; so the destination must show
+        the guest in post-copy-failed first."""
+        try:
+            state = self.destination.guest_state(self.request.name)
+        except MigrationError as error:
+            return f"the destination does not answer: {error.message}"
+        if state is None or not state.post_copy_failed:
+            return (f"the destination shows the guest {describe(state)}: its side has not seen the post-copy "
+                    "stream break yet")
+        return None
+
+    def _pause_post_copy(self, domain):
+        """Pause QEMU's post-copy stream (QEMU's migrate-pause). After a cut link libvirt calls the job failed while
+        QEMU still waits on the dead socket, and refuses every resume until the stream is paused."""
+        try:
+            domain.abortJobFlags(self.lv.VIR_DOMAIN_ABORT_JOB_POSTCOPY)
+        except self.lv.libvirtError as error:
+            # Already paused (QEMU noticed the failure itself), or the job ended meanwhile: nothing to pause.
+            self._record("post_copy_pause", f"QEMU's post-copy stream was not paused: {error.get_error_message()}")
+            return
+        self._record("post_copy_pause", "QEMU's post-copy stream paused (migrate-pause), ready for the resume")
 
     def _finish(self, result, watched, outcome, domain=None):
         result.actions = self.actions

@@ -13,31 +13,43 @@ from __future__ import annotations
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError, libvirt_errors
 
 UNREACHABLE = "unreachable"
-# What to do about the copy an unreachable destination may hold (measured: a restarted libvirtd resumed one).
-LEFTOVER_COPY = ("A copy of {name} that QEMU may still hold on {host} is out of date: kill that QEMU process on "
-                 "{host} before its libvirtd starts again (a restarted libvirtd was seen to resume it), or 'virsh "
-                 "destroy {name}' there at once if its libvirtd answers; never let both run")
+# What to do about the copy an unreachable destination may hold: measured, its libvirtd kills that QEMU when it
+# starts again (an incoming migration it did not finish); the check stays with the operator.
+LEFTOVER_COPY = ("A copy of {name} that QEMU may still hold on {host} is out of date: its libvirtd removes it when it "
+                 "answers again (an incoming migration it did not finish); check there with 'virsh list --all', and "
+                 "'virsh destroy {name}' there if it runs; never let both run")
 
 
 def describe(state):
     return "absent" if state is None else state.describe()
 
 
-def recovery_command(name, dest_uri):
-    return f"virsh migrate --live --p2p --postcopy --postcopy-resume {name} {dest_uri}"
+# placement(): the guest's post-copy broke before this run and libvirt keeps it for a resume.
+BROKEN_POST_COPY = "broken_post_copy"
+
+
+def recovery_command(name, dest_uri, options=""):
+    """The commands that resume a broken post-copy by hand, on the source: pause QEMU's stream (a cut link leaves it
+    waiting on a dead socket), then resume it."""
+    options = f" {options}" if options else ""
+    return (f"virsh domjobabort --postcopy {name}; "
+            f"virsh migrate --live --p2p --postcopy --postcopy-resume{options} {name} {dest_uri}")
 
 
 class Ownership:
     """Reads the guest ``name`` on the source (``source``) and the destination (``destination``)."""
 
-    def __init__(self, name, source, destination, record, source_fallback=None):
+    def __init__(self, name, source, destination, record, source_fallback=None, resume_options=""):
         """``record(what, why)`` adds an action to the result (the destination copy stopped, a resume).
-        ``source_fallback``: a second connection to the source, asked when ``source``'s has died."""
+        ``source_fallback``: a second connection to the source, asked when ``source``'s has died.
+        ``resume_options``: what the manual recovery command needs besides the defaults (``--tls``)."""
         self.name = name
         self.source = source
         self.destination = destination
         self.record = record
         self.source_fallback = source_fallback
+        self.resume_options = resume_options
+        self.recovery_blocked = None  # why a broken post-copy cannot be resumed on these hosts, when it cannot
         self.shown = {}  # what each host showed at the last look: {"source": state, "destination": state}
 
     def placement(self):
@@ -49,6 +61,8 @@ class Ownership:
                     f"{host_uuid}: they are the same host, or host_uuid is duplicated; give each hypervisor a "
                     "unique host_uuid in libvirtd.conf")
         on_source, on_destination = self.look(strict=True)
+        if on_source is not None and on_source.post_copy_failed:
+            return BROKEN_POST_COPY
         return self._in_flight(on_source, on_destination) or self._side_that_runs(on_source, on_destination)
 
     def _side_that_runs(self, on_source, on_destination):
@@ -71,10 +85,16 @@ class Ownership:
         answering = [hypervisor for hypervisor in hypervisors if hypervisor is not None]
         for hypervisor in answering[:-1]:
             try:
-                return hypervisor.guest_state(self.name)
+                return self._read(hypervisor)
             except MigrationError:
                 continue
-        return answering[-1].guest_state(self.name)
+        return self._read(answering[-1])
+
+    def _read(self, hypervisor):
+        # A connection that died during the run (keepalive gave up on a cut link) is opened again; while the host
+        # does not answer, reading raises.
+        hypervisor.revive()
+        return hypervisor.guest_state(self.name)
 
     def _in_flight(self, on_source, on_destination):
         """Why a migration of this guest must not start now (another one is under way or broke half-way), or None."""
@@ -82,9 +102,10 @@ class Ownership:
         for host, state in ((self.source, on_source), (self.destination, on_destination)):
             if state is not None and state.post_copy:
                 return (f"guest {name!r} is {state.describe()} on {host.hostname()}: a post-copy migration of it is "
-                        "under way or failed half-way, and neither host may hold all of its memory; recover it with "
-                        f"'{recovery_command(name, self.destination.uri)}' on {self.source.hostname()} once both "
-                        "hosts reach each other, and never resume the source's copy")
+                        "under way or failed half-way, and neither host may hold all of its memory; watch it with "
+                        f"kvm.live_migration.migration_info on {self.source.hostname()}; once libvirt there shows it "
+                        "failed (paused, postcopy_failed), run this task again to resume it, and never resume the "
+                        "source's copy")
         job = None if on_source is None else self.source.active_job(self.source.find_domain(name))
         if job or (on_destination is not None and on_destination.migrating):
             return (f"guest {name!r} already has an active job on {self.source.hostname()} (job type {job}; on "
@@ -131,10 +152,18 @@ class Ownership:
             f"post-copy of {self.name!r} failed after the switch ({self.shown_text()}): the destination "
             f"{'runs' if destination_runs else 'held'} the guest ({shown}) but lacks the pages still on the source, "
             "so neither host holds all of its memory",
-            fix=f"once both hosts reach each other again, recover with "
-                f"'{recovery_command(self.name, self.destination.uri)}' on {result.source}; never resume the "
-                f"source's copy (its memory is out of date) and do not decommission {result.source} before the "
-                f"guest completed on {result.destination}")
+            fix=self._recovery_fix(result))
+
+    def _recovery_fix(self, result):
+        never = (f"never resume the source's copy (its memory is out of date), never destroy either copy, and do not "
+                 f"decommission {result.source} before the guest completed on {result.destination}")
+        if self.recovery_blocked:
+            return (f"this post-copy cannot be resumed as the hosts are: {self.recovery_blocked}. Upgrade libvirt "
+                    f"there and restart its libvirtd (running guests keep running), then run this task again: it "
+                    f"resumes the post-copy; {never}")
+        command = recovery_command(self.name, self.destination.uri, self.resume_options)
+        return (f"once both hosts reach each other again, run this task again: it resumes the post-copy (by hand: "
+                f"'{command}' on {result.source}); {never}")
 
     def _pause_both(self, result):
         """Both hosts run the guest after a failed migration and nothing proves which copy is current: stop both

@@ -28,10 +28,15 @@ description:
     running on both or on neither.
   - A guest that already runs on the destination and not on the source is reported as unchanged.
   - Reads both hosts first and refuses to start while a migration job of the guest is active (another run, or a run
-    whose controller died) or a post-copy of it is under way or failed half-way, naming how to watch, abort or
-    recover it. A post-copy that breaks after the switch is resumed within O(post_copy_recovery_timeout); the
-    source's copy, out of date then, is never resumed. Every connection has keepalive, and the time budget holds by
-    the clock even when no statistics come. See the collection's docs/reliability.md.
+    whose controller died) or a post-copy of it is under way, naming how to watch or abort it.
+  - A post-copy that breaks after the switch (a cut link, a host that stops answering) is resumed within
+    O(post_copy_recovery_timeout). QEMU's stream is paused, and once the destination answers and shows the break,
+    libvirt's post-copy recovery resumes it. The source's copy, out of date then, is never resumed. If the budget
+    ends first, the task fails; run it again once the hosts reach each other, and the re-run resumes the broken
+    post-copy instead of starting anything (C(would_resume) in check mode). libvirt 11.3.0 cannot resume a post-copy
+    (its daemon crashes); the module says so and sends no resume there.
+  - Every connection has keepalive, and the time budget holds by the clock even when no statistics come. See the
+    collection's docs/reliability.md.
   - Run it on the source hypervisor (the default O(source_uri) is the local system daemon), or anywhere with a remote
     O(source_uri).
 author:
@@ -145,7 +150,9 @@ migration:
   type: dict
   contains:
     status:
-      description: C(completed), C(aborted), C(failed), C(already_migrated), or C(would_migrate) in check mode.
+      description: >-
+        C(completed), C(aborted), C(failed), C(already_migrated), or in check mode C(would_migrate) (or
+        C(would_resume), when a post-copy of the guest broke before and a run would resume it).
       type: str
       sample: completed
     owner:
@@ -308,7 +315,7 @@ def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, **PAIR_CONSTRAINTS)
     result = run_engine(module, lambda: run_migration(module.params, module.check_mode), LIBVIRT_IMPORT_ERROR)
     migration = result.as_dict()
-    if result.status in ("completed", "already_migrated", "would_migrate"):
+    if result.status in ("completed", "already_migrated", "would_migrate", "would_resume"):
         module.exit_json(changed=result.changed, migration=migration)
     module.fail_json(msg=failure_message(result), changed=True, migration=migration)
 

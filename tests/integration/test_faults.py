@@ -1,8 +1,10 @@
 """Faults injected in the lab while a guest migrates: each test ends with the guest running on exactly one host,
 its memory verified intact there (its counter continuous), and the module's result naming that host.
 
-docs/reliability.md lists the faults; those not here yet (the destination's libvirtd killed, the link cut during
-post-copy) are unit-tested, and what the lab showed of them is in DEVELOPERS.md's facts.
+The one exception is named where it happens: a post-copy that broke cannot be resumed with libvirt 11.3.0 on the
+destination (its daemon dies on every resume), so on the backports stack that test proves that the module sends no
+resume, resumes no stale copy and names the upgrade, and the guest is lost with the post-copy, as libvirt leaves it.
+docs/reliability.md lists every fault and its test.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ BANDWIDTH_MIB = 32  # 512 MiB at 32 MiB/s: the first pass alone takes 16 s, time
 def guest(running_lab):
     """A 512 MiB guest rewriting 500 random pages/s of a 128 MiB working set on hv1 (pre-copy converges)."""
     running_lab.start_guest("hv1", "faulty", memory_mib=512, dirty_mib=128, pages_per_s=500)
+    yield "faulty"
+    lab("link", "up", "hv2", check=False)
+    running_lab.remove_guest("faulty")
+
+
+@pytest.fixture
+def hot_guest(running_lab):
+    """A 512 MiB guest rewriting 40,000 random pages/s of 384 MiB on hv1: pre-copy cannot finish at 32 MiB/s."""
+    running_lab.start_guest("hv1", "faulty", memory_mib=512, dirty_mib=384, pages_per_s=40000)
     yield "faulty"
     lab("link", "up", "hv2", check=False)
     running_lab.remove_guest("faulty")
@@ -95,3 +106,73 @@ def test_a_second_run_refuses_while_the_first_migrates_and_a_rerun_after_a_kille
         False, "already_migrated", "hv2"), truth
     only_on(running_lab, "hv2", guest)
     running_lab.assert_intact("hv2", guest, before)
+
+
+@pytest.mark.parametrize("passes", [1, 2], ids=["in-the-first-pass", "in-the-second-pass"])
+def test_destination_libvirtd_killed_during_precopy(running_lab, guest, tmp_path, passes):
+    before = running_lab.console("hv1", guest)
+    finish = running_lab.start_module("hv1", migrate_args(), tmp_path)
+    running_lab.wait_for_job("hv1", guest, passes=passes)
+    lab("kill-libvirtd", "hv2")
+    try:
+        _code, output, result = finish()
+    finally:
+        lab("restart-libvirtd", "hv2")
+    migration = result["migration"]
+    assert (migration["status"], migration["owner"]) == ("failed", "hv1"), output
+    time.sleep(3)
+    only_on(running_lab, "hv1", guest)
+    running_lab.assert_intact("hv1", guest, before)
+
+
+KEEPALIVE_OUTLASTED_S = 45  # libvirt's keepalive on its peer connection fails a job after about 30 s of silence
+BROKEN_RESUME = "libvirt 11.3.0 crashes its libvirtd on every post-copy resume"
+
+
+def wait_for_post_copy(running_lab, name, timeout=90):
+    deadline = time.monotonic() + timeout
+    while running_lab.state_reason("hv2", name) != "running (post-copy)":
+        assert time.monotonic() < deadline, f"{name} never ran in post-copy on hv2"
+        time.sleep(0.2)
+
+
+def libvirtd_pid(running_lab, host):
+    return (running_lab.state / host / "run" / "libvirtd.pid").read_text().strip()
+
+
+def resume_crashes_the_destination():
+    """libvirt 11.3.0's daemon dies on every post-copy resume (measured here; the backports stack has it)."""
+    return " 11.3." in lab("exec", "hv2", "libvirtd", "--version").stdout
+
+
+def start_post_copy_and_cut_the_link(running_lab, guest, tmp_path, **changes):
+    before = running_lab.console("hv1", guest)
+    finish = running_lab.start_module("hv1", migrate_args(allow_post_copy=True, **changes), tmp_path)
+    wait_for_post_copy(running_lab, guest)
+    lab("link", "down", "hv2")
+    return before, finish
+
+
+def assert_left_for_a_fixed_libvirt(running_lab, guest, result, daemon):
+    """libvirt 11.3.0 on the destination: no resume was sent (its daemon still runs), the source's stale copy was
+    not resumed, and the failure names the upgrade; the guest is lost with the post-copy, as libvirt leaves it."""
+    migration = result["migration"]
+    assert (result["failed"], migration["status"], migration["owner"]) == (True, "failed", "unknown"), result
+    assert BROKEN_RESUME in result["msg"] and "Upgrade libvirt there" in result["msg"], result["msg"]
+    assert "post_copy_recovery_unavailable" in [action["what"] for action in migration["actions"]]
+    assert libvirtd_pid(running_lab, "hv2") == daemon
+    assert running_lab.state_reason("hv1", guest) == "paused (post-copy failed)"
+
+
+def test_link_cut_during_post_copy_with_a_destination_libvirt_that_cannot_resume(running_lab, hot_guest, tmp_path):
+    """The backports stack's libvirt 11.3.0 on hv2 dies on every post-copy resume. After a cut link broke the
+    post-copy, the module sends no resume (hv2's libvirtd keeps its pid), resumes no stale copy, and fails naming
+    the upgrade. (The resume itself, on the stock stack, is not yet reliable in this lab: docs/reliability.md.)"""
+    assert resume_crashes_the_destination(), "this test needs libvirt 11.3 on hv2: it runs in the backports stage"
+    guest = hot_guest
+    _before, finish = start_post_copy_and_cut_the_link(running_lab, guest, tmp_path)
+    daemon = libvirtd_pid(running_lab, "hv2")
+    time.sleep(KEEPALIVE_OUTLASTED_S)  # the source's libvirt has called the post-copy failed
+    lab("link", "up", "hv2")
+    _code, _output, result = finish()
+    assert_left_for_a_fixed_libvirt(running_lab, guest, result, daemon)

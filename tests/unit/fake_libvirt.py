@@ -97,6 +97,7 @@ CONSTANTS = {
     "VIR_MIGRATE_AUTO_CONVERGE": 8192,
     "VIR_MIGRATE_POSTCOPY": 32768,
     "VIR_MIGRATE_POSTCOPY_RESUME": 524288,
+    "VIR_DOMAIN_ABORT_JOB_POSTCOPY": 1,
     "VIR_MIGRATE_TLS": 65536,
     "VIR_MIGRATE_PARALLEL": 131072,
     "VIR_MIGRATE_PARAM_BANDWIDTH": "bandwidth",
@@ -208,6 +209,9 @@ class Migration:
     destination_down_on_start: bool = False  # the destination's libvirtd dies as start_error is raised
     recoveries: list = field(default_factory=list)  # each POSTCOPY_RESUME call: True resumes and completes, False
     # (or none left) fails as when the link is still down
+    qemu_still_migrating: bool = False  # after the failure QEMU still sends into the dead socket: every resume is
+    # refused until abortJobFlags(VIR_DOMAIN_ABORT_JOB_POSTCOPY) paused the stream (measured after a cut link)
+    destination_connections_drop: bool = False  # a post-copy failure also kills every connection to the destination
     # Recorded:
     dconnuri: str | None = None
     params: dict | None = None
@@ -217,6 +221,7 @@ class Migration:
     starts: list = field(default_factory=list)  # (flags, params) of every migrateToURI3 call
     post_copy_calls: int = 0
     resumes: int = 0  # migrateToURI3 calls with VIR_MIGRATE_POSTCOPY_RESUME
+    post_copy_pauses: int = 0  # abortJobFlags(VIR_DOMAIN_ABORT_JOB_POSTCOPY) calls that paused the stream
     samples_served: int = 0
     post_copy_at: int | None = None  # samples left when post-copy started
     dirty_rate_calcs: list = field(default_factory=list)
@@ -392,6 +397,9 @@ class FakeConnection:
             raise libvirtError("Invalid value for keepalive: no event loop is registered", C.VIR_ERR_INTERNAL_ERROR)
         self.keepalive = (interval, count)
         return 0
+
+    def isAlive(self):
+        return 0 if self.dropped or self.closed else 1
 
     def _host(self):
         if self.dropped:
@@ -865,6 +873,22 @@ class FakeDomain:
                     "operation aborted: migration out job: canceled by client", C.VIR_ERR_OPERATION_ABORTED))
             return 0
 
+    def abortJobFlags(self, flags=0):
+        if not flags & C.VIR_DOMAIN_ABORT_JOB_POSTCOPY:
+            return self.abortJob()
+        with self.conn.cloud.lock:
+            guest = self._guest()
+            job = guest.migration
+            if guest.reason not in (C.VIR_DOMAIN_PAUSED_POSTCOPY, C.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED):
+                raise libvirtError("Requested operation is not valid: current job is not outgoing migration in "
+                                   "post-copy mode", C.VIR_ERR_OPERATION_INVALID)
+            if not job.qemu_still_migrating:
+                raise libvirtError("Requested operation is not valid: QEMU reports migration is not running",
+                                   C.VIR_ERR_OPERATION_INVALID)
+            job.qemu_still_migrating = False
+            job.post_copy_pauses += 1
+            return 0
+
     def _resume_post_copy(self, dconnuri, flags):
         """A post-copy recovery: completes the broken post-copy when the script says the link is back."""
         cloud = self.conn.cloud
@@ -872,6 +896,9 @@ class FakeDomain:
             guest = self._guest()
             job = guest.migration
             job.resumes += 1
+            if job.qemu_still_migrating:
+                raise libvirtError("Requested operation is not valid: QEMU reports migration is still running",
+                                   C.VIR_ERR_OPERATION_INVALID)
             if not (job.recoveries and job.recoveries.pop(0)):
                 raise libvirtError(f"operation failed: Failed to connect to remote libvirt URI {dconnuri}: "
                                    "Connection refused", C.VIR_ERR_OPERATION_FAILED)
@@ -951,6 +978,10 @@ class FakeDomain:
             destination.guests[guest.name] = replace(guest, state=C.VIR_DOMAIN_PAUSED,
                                                      reason=C.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED, persistent=False)
             guest.state, guest.reason = C.VIR_DOMAIN_PAUSED, C.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED
+            if job.destination_connections_drop:
+                for connection in self.conn.cloud.connections:
+                    if connection.host is destination:
+                        connection.dropped = True
         elif outcome != "completed":
             if job.destination_copy_after:
                 destination = self.conn.cloud.hosts[job.dconnuri]

@@ -130,6 +130,19 @@ def test_every_connection_gets_keepalive_so_no_call_waits_forever_on_a_dead_peer
         assert plain.conn.keepalive == watching.conn.keepalive == (KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
 
 
+def test_a_connection_that_died_is_opened_again_once_its_host_answers(cloud, hv1, lv):
+    """Keepalive closes the connection to a host behind a cut link; the end of a run reads that host again."""
+    with Hypervisor(SOURCE_URI, lv) as hypervisor:
+        first = hypervisor.conn
+        assert (hypervisor.alive(), hypervisor.revive(), hypervisor.conn) == (True, True, first)
+        first.dropped = True
+        hv1.down = True
+        assert (hypervisor.alive(), hypervisor.revive()) == (False, False)  # still unreachable: nothing to read
+        hv1.down = False
+        assert hypervisor.revive() and hypervisor.conn is not first and hypervisor.alive()
+        assert hypervisor.conn.keepalive == (KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+
+
 def test_open_unreachable_host(lv):
     with pytest.raises(MigrationError) as caught:
         Hypervisor("qemu+ssh://hv9/system", lv).open()

@@ -20,8 +20,10 @@ GIB = 1024 * MIB
 BW = 64 * MIB
 ALL_NAMES = {"VIR_MIGRATE_AUTO_CONVERGE", "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL",
              "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT", "VIR_MIGRATE_POSTCOPY", "migrateStartPostCopy",
-             "VIR_DOMAIN_STATS_DIRTYRATE", "startDirtyRateCalc"}
+             "VIR_DOMAIN_STATS_DIRTYRATE", "startDirtyRateCalc", "VIR_MIGRATE_POSTCOPY_RESUME",
+             "VIR_DOMAIN_ABORT_JOB_POSTCOPY"}
 NEW = {"libvirt": 9_000_000, "hypervisor": 7_002_000}
+BACKPORTS = {"libvirt": 11_003_000, "hypervisor": 10_000_002}
 NOTHING = Features(auto_converge=False, post_copy=False)
 
 
@@ -151,18 +153,30 @@ def test_predict_explains_an_expected_abort():
          {"post_copy": False, "reasons": {"post_copy": "the libvirt Python binding lacks migrateStartPostCopy"}}),
         (ALL_NAMES, {"libvirt": 7_000_000, "hypervisor": 7_002_000}, NEW, "tls",
          {"dirty_rate": False, "post_copy": True,
-          "reasons": {"dirty_rate": "needs libvirt 7.2.0 or later on both hosts"}}),
+          "reasons": {"dirty_rate": "needs libvirt 7.2.0 or later on both hosts",
+                      "post_copy_recovery": "needs libvirt 8.5.0 or later on both hosts"}}),
         (ALL_NAMES, NEW, {"libvirt": 9_000_000, "hypervisor": 2_004_000}, "tls",
          {"post_copy": False, "dirty_rate": True,
-          "reasons": {"post_copy": "needs QEMU 2.5.0 or later on both hosts"}}),
+          "reasons": {"post_copy": "needs QEMU 2.5.0 or later on both hosts",
+                      "post_copy_recovery": "needs QEMU 3.0.0 or later on both hosts"}}),
         (ALL_NAMES, NEW, {"libvirt": 1_003_000, "hypervisor": 7_002_000}, "tls",
          {"auto_converge": False, "post_copy": False}),
         (ALL_NAMES, NEW, NEW, "ssh",
          {"post_copy": False,
           "reasons": {"post_copy": "tunnelled (transport: ssh) migration cannot switch to post-copy"}}),
+        (ALL_NAMES, NEW, BACKPORTS, "tls",
+         {"post_copy": True, "post_copy_recovery": False,
+          "reasons": {"post_copy_recovery": "libvirt 11.3.0 crashes its libvirtd on every post-copy resume (a NULL "
+                                            "file descriptor in qemuMigrationDstPrepareResume) on the destination"}}),
+        (ALL_NAMES, {"libvirt": 11_004_000, "hypervisor": 10_001_000}, {"libvirt": 8_005_000, "hypervisor": 7_002_000},
+         "tls", {"post_copy": True, "post_copy_recovery": True, "reasons": {}}),
+        (ALL_NAMES, NEW, {"libvirt": 8_004_000, "hypervisor": 7_002_000}, "tls",
+         {"post_copy": True, "post_copy_recovery": False,
+          "reasons": {"post_copy_recovery": "needs libvirt 8.5.0 or later on both hosts"}}),
     ],
     ids=["all", "binding-without-post-copy", "old-source-libvirt", "old-destination-qemu",
-         "ancient-destination-libvirt", "tunnelled"],
+         "ancient-destination-libvirt", "tunnelled", "destination-libvirt-that-crashes-on-resume",
+         "libvirt-around-the-broken-release", "destination-libvirt-before-post-copy-recovery"],
 )
 def test_detect_features(names, source, destination, transport, expected):
     features = detect_features(names, source, destination, transport)

@@ -19,22 +19,24 @@ from conftest import lab
 BANDWIDTH_MIB = 32  # 512 MiB at 32 MiB/s: the first pass alone takes 16 s, time enough to inject a fault
 
 
-@pytest.fixture
-def guest(running_lab):
-    """A 512 MiB guest rewriting 500 random pages/s of a 128 MiB working set on hv1 (pre-copy converges)."""
-    running_lab.start_guest("hv1", "faulty", memory_mib=512, dirty_mib=128, pages_per_s=500)
+def faulty_guest(running_lab, dirty_mib, pages_per_s):
+    """Start guest "faulty" (512 MiB) on hv1; once the test is done, restore the link and remove it."""
+    running_lab.start_guest("hv1", "faulty", memory_mib=512, dirty_mib=dirty_mib, pages_per_s=pages_per_s)
     yield "faulty"
     lab("link", "up", "hv2", check=False)
     running_lab.remove_guest("faulty")
+
+
+@pytest.fixture
+def guest(running_lab):
+    """Rewrites 500 random pages/s of a 128 MiB working set (pre-copy converges)."""
+    yield from faulty_guest(running_lab, 128, 500)
 
 
 @pytest.fixture
 def hot_guest(running_lab):
-    """A 512 MiB guest rewriting 40,000 random pages/s of 384 MiB on hv1: pre-copy cannot finish at 32 MiB/s."""
-    running_lab.start_guest("hv1", "faulty", memory_mib=512, dirty_mib=384, pages_per_s=40000)
-    yield "faulty"
-    lab("link", "up", "hv2", check=False)
-    running_lab.remove_guest("faulty")
+    """Rewrites 40,000 random pages/s of 384 MiB: pre-copy cannot finish at 32 MiB/s."""
+    yield from faulty_guest(running_lab, 384, 40000)
 
 
 def migrate_args(**changes):

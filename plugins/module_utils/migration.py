@@ -465,12 +465,8 @@ class MigrationRunner:
     def _destination_unreachable(self):
         """Why the destination cannot be asked now (its link or libvirtd is down), or None. A connection libvirt still
         calls alive proves nothing until keepalive gave up on it: the destination must answer a call."""
-        if self.destination.revive():
-            try:
-                self.destination.conn.getLibVersion()
-                return None
-            except self.lv.libvirtError:
-                pass
+        if self.destination.revive() and self._destination_answers():
+            return None
         return f"the destination ({self.destination.uri}) does not answer"
 
     def _destination_not_failed(self):

@@ -70,6 +70,12 @@ class Ticks:
         return self.ticks[-1]
 
 
+def cannot_resume_post_copy(host):
+    """Whether HOST runs libvirt 11.3, whose daemon dies on every post-copy resume (the backports stack has it): the
+    module then records post_copy_recovery_unavailable whenever post-copy is permitted."""
+    return " 11.3." in lab("exec", host, "libvirtd", "--version").stdout
+
+
 class GuestDamaged(AssertionError):
     """The guest crashed, restarted, or found its memory changed behind its back."""
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LAB_SH, lab
+from conftest import LAB_SH, cannot_resume_post_copy, lab
 
 BANDWIDTH_MIB = 64
 MAX_DOWNTIME_MS = 500
@@ -128,8 +128,10 @@ def test_heavy_guest_completes_with_post_copy(running_lab, guest, tmp_path):
     assert migration["strategy"] == "post_copy"
     assert migration["prediction"]["converges"] is False
     assert migration["prediction"]["strategy"] == "post_copy"
-    assert [action["what"] for action in migration["actions"]] == ["post_copy"]
-    assert migration["actions"][0]["helped"] is True
+    # libvirt 11.3 on the destination cannot resume a post-copy that breaks: the module says so first.
+    warned = ["post_copy_recovery_unavailable"] if cannot_resume_post_copy("hv2") else []
+    assert [action["what"] for action in migration["actions"]] == [*warned, "post_copy"]
+    assert migration["actions"][-1]["helped"] is True
     assert_moved_and_continuous(running_lab, name, before, migration)
 
 

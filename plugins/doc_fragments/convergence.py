@@ -71,6 +71,16 @@ options:
         tried when a host runs it.
     type: int
     default: 300
+  progress_timeout:
+    description:
+      - Seconds a pre-copy migration may go without progress before it is aborted, the guest staying on the source.
+        Progress is a new low of the data left at the start of a pass (KubeVirt's progress timeout, same default).
+      - When nothing permitted is left to make a migration converge, the strongest measures stay in force (the
+        downtime limit, QEMU's throttle) and every pass is a chance to finish within O(max_downtime_ms), until this
+        or O(timeout) or O(max_data_factor) ends it. The action C(wait) records it, with why (for example a guest
+        that a throttle at 99 % cannot slow down).
+    type: int
+    default: 150
   measure_dirty_rate:
     description:
       - Measure the guest's dirty rate for one second before moving (libvirt's dirty-rate calculation) to predict

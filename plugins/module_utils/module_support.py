@@ -44,6 +44,7 @@ CONVERGENCE_ARGUMENT_SPEC = {
     "allow_auto_converge": {"type": "bool", "default": True},
     "allow_post_copy": {"type": "bool", "default": False},
     "post_copy_recovery_timeout": {"type": "int", "default": 300},
+    "progress_timeout": {"type": "int", "default": 150},
     "measure_dirty_rate": {"type": "bool", "default": True},
     "parallel_connections": {"type": "int"},
     "compression": {"type": "list", "elements": "str", "choices": list(COMPRESSION_METHODS)},
@@ -59,7 +60,8 @@ PAIR_CONSTRAINTS = {"required_one_of": [("dest_uri", "dest_host")], "mutually_ex
 
 # Module options whose request field has another name (the unit), and those that become tuples.
 _FIELD_OF_OPTION = {"bandwidth": "bandwidth_mib", "timeout": "timeout_s", "poll_interval": "poll_interval_s",
-                    "post_copy_recovery_timeout": "post_copy_recovery_timeout_s"}
+                    "post_copy_recovery_timeout": "post_copy_recovery_timeout_s",
+                    "progress_timeout": "progress_timeout_s"}
 _TUPLE_OPTIONS = ("compression", "migrate_disks")
 
 

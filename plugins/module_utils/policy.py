@@ -12,11 +12,16 @@ the ladder, as far as the user permits and QEMU/libvirt support:
 2. auto-converge: QEMU throttles the guest's vCPUs (armed before the start, with a starting
    throttle and step computed from the measured rates, because libvirt cannot arm it later);
 3. post-copy: the guest runs on the destination, which fetches the pages it still lacks;
-4. abort: the guest keeps running on the source.
+4. wait: nothing permitted is left, so the strongest measures stay in force and every pass is a
+   chance for a window (the data left fitting the downtime budget) until a budget ends.
 
-After each rung the policy waits ``stall_passes`` passes and records whether r fell. Before
-the migration, a measured dirty rate predicts whether pre-copy converges at the bandwidth and
-picks the starting strategy.
+After each rung the policy waits ``stall_passes`` passes and records whether r fell. With post-copy
+permitted, a pass whose ratio is 1 or more (the guest dirties at least what the link carries, so
+pre-copy cannot shrink what is left) switches to post-copy at once. Whatever the rung, a migration
+whose data left at the start of a pass has reached no new low for ``progress_timeout_s`` is aborted
+(KubeVirt's progress timeout): the guest keeps running on the source. Before the migration, a
+measured dirty rate predicts whether pre-copy converges at the bandwidth and picks the starting
+strategy.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ THROTTLE_PATIENCE_MS = 6000
 THROTTLE_SETTLE_MS = 1500
 # A step helped when the ratio fell by at least this fraction (measurements jitter by a few %).
 HELPED_RATIO_DROP = 0.1
+# KubeVirt's default progress timeout (migrations.progressTimeout): no new low of the data left for this long.
+PROGRESS_TIMEOUT_S = 150
 # With post-copy permitted, start with it when pre-copy is predicted to take this much longer than
 # one copy of memory (post-copy sends each page about once).
 POST_COPY_GAIN = 1.25
@@ -63,6 +70,7 @@ class Policy:
     max_downtime_ms: int = 500
     allow_auto_converge: bool = True
     allow_post_copy: bool = False
+    progress_timeout_s: int = PROGRESS_TIMEOUT_S
 
     @property
     def downtime_cap_ms(self):
@@ -75,13 +83,13 @@ class Policy:
         return min(self.downtime_cap_ms, INITIAL_DOWNTIME_MS)
 
     def usable(self, features):
-        """The escalation rungs this migration may use, in ladder order (abort is always last)."""
+        """The escalation rungs this migration may use, in ladder order (waiting is always last)."""
         rungs = ["set_downtime"]
         if self.allow_auto_converge and features.auto_converge:
             rungs.append("auto_converge")
         if self.allow_post_copy and features.post_copy:
             rungs.append("post_copy")
-        return [*rungs, "abort"]
+        return [*rungs, "wait"]
 
 
 # -- per-sample arithmetic ---------------------------------------------------------------------
@@ -174,7 +182,8 @@ def _start(policy, features, ratio, first_pass_s, precopy_s, unknown_why):
                        f"at {initial} %, then {initial + increment} %"}
     return {**plan, "strategy": "precopy",
             "why": f"pre-copy would finish {estimate} (ratio {ratio:.2f}) and neither auto-converge nor post-copy "
-                   "is permitted and supported: expect an abort"}
+                   "is permitted and supported: it completes only if a pass happens to fit the downtime budget "
+                   "before a budget or the progress timeout ends it"}
 
 
 # -- steering during the migration ---------------------------------------------------------------
@@ -184,7 +193,7 @@ def _start(policy, features, ratio, first_pass_s, precopy_s, unknown_why):
 class Step:
     """One thing to do to the running migration."""
 
-    what: str  # set_downtime | auto_converge | post_copy | abort
+    what: str  # set_downtime | auto_converge | post_copy | wait | abort
     why: str
     value: int | None = None  # the new downtime limit, or the throttle percentage
     judge: bool = True  # whether to check later that it helped
@@ -205,7 +214,7 @@ class Steering:
     """Where the migration is on the ladder; ``steer`` returns the next Steering."""
 
     downtime_limit_ms: int
-    rungs: tuple = ("set_downtime", "abort")
+    rungs: tuple = ("set_downtime", "wait")
     start_post_copy: bool = False
     last_pass: int = 0
     stalled_passes: int = 0
@@ -218,6 +227,9 @@ class Steering:
     last_pass_peak_bytes: int = 0  # ... and in the pass before
     throttle_deadline: tuple | None = None  # (pass, time_ms) by which QEMU's throttle must have helped
     throttle_maxed: tuple | None = None  # (pass, time_ms) when QEMU's throttle reached its maximum
+    lowest_peak_bytes: int | None = None  # the least data left at the start of a pass so far
+    lowest_peak_ms: int = 0  # ... and when that pass ended
+    aborted: bool = False
 
     @classmethod
     def start(cls, policy, features, strategy="precopy"):
@@ -244,7 +256,7 @@ class Decision:
 
 def steer(steering, sample, policy):
     """What to do after reading ``sample``; acts once per pass (and at once to start post-copy)."""
-    if steering.post_copy or sample.iteration < 1:
+    if steering.post_copy or steering.aborted or sample.iteration < 1:
         return Decision(steering)
     if steering.start_post_copy:
         step = Step("post_copy", "the prediction chose post-copy: pre-copy would not finish in time")
@@ -252,11 +264,21 @@ def steer(steering, sample, policy):
     steering = _note_throttle(steering, sample)
     if sample.iteration <= steering.last_pass:
         return Decision(replace(steering, pass_peak_bytes=max(steering.pass_peak_bytes, sample.remaining_bytes)))
+    return _steer_new_pass(steering, sample, policy)
+
+
+def _steer_new_pass(steering, sample, policy):
+    """The first sample of a pass: count stalls, judge earlier steps, then stop, switch, wait or climb."""
     stalled = is_stalled(sample, policy)
+    steering = _note_progress(steering, sample)
     steering = replace(steering, last_pass=sample.iteration,
                        stalled_passes=steering.stalled_passes + 1 if stalled else 0,
                        last_pass_peak_bytes=steering.pass_peak_bytes, pass_peak_bytes=sample.remaining_bytes)
     steering, verdicts = _judge(steering, sample, policy)
+    if _no_progress(steering, sample, policy):
+        return _taken(steering, (_progress_abort(steering, sample, policy),), verdicts, sample)
+    if _pre_copy_cannot_shrink(steering, sample, policy):
+        return _taken(steering, (_post_copy_now(steering, sample),), verdicts, sample)
     if steering.stalled_passes < policy.stall_passes and not _escalated(steering):
         return Decision(steering, verdicts=verdicts)
     steps = _fit_downtime(steering, sample, policy)
@@ -271,6 +293,52 @@ def _note_throttle(steering, sample):
     if sample.throttle_pct >= MAX_THROTTLE_PCT and steering.throttle_maxed is None:
         steering = replace(steering, throttle_maxed=(sample.iteration, sample.time_ms))
     return steering
+
+
+def _note_progress(steering, sample):
+    """At a pass's end, keep its peak (the data left at its start) when it is a new low."""
+    if steering.last_pass < 1:
+        return steering
+    peak = steering.pass_peak_bytes
+    if steering.lowest_peak_bytes is None or peak < steering.lowest_peak_bytes:
+        return replace(steering, lowest_peak_bytes=peak, lowest_peak_ms=sample.time_ms)
+    return steering
+
+
+def _no_progress(steering, sample, policy):
+    return (steering.lowest_peak_bytes is not None
+            and sample.time_ms - steering.lowest_peak_ms >= 1000 * policy.progress_timeout_s)
+
+
+def _progress_abort(steering, sample, policy):
+    lowest_mib = steering.lowest_peak_bytes / MIB
+    measures = [rung for rung in steering.climbed if rung in ("set_downtime", "auto_converge")]
+    tried = f" ({', '.join(measures)} in force)" if measures else ""
+    return Step("abort", f"no progress: the data left at the start of a pass has not fallen below {lowest_mib:.0f} MiB "
+                         f"for {policy.progress_timeout_s} s (progress_timeout){tried}; ratio "
+                         f"{_ratio_text(sample)}", judge=False)
+
+
+def _ratio_text(sample):
+    return "unknown" if sample.ratio is None else f"{sample.ratio:.2f}"
+
+
+def _pre_copy_cannot_shrink(steering, sample, policy):
+    """A pass at ratio 1 or more cannot leave less than it found: with post-copy permitted, waiting for more such
+    passes only costs time (and, throttled, the guest's CPU)."""
+    ratio = sample.ratio
+    if ratio is None or ratio < 1 or "post_copy" not in steering.rungs or "post_copy" in steering.climbed:
+        return False
+    # Pass 1's peak is all of memory, not what is left.
+    needed = needed_downtime_ms(sample, steering.last_pass_peak_bytes if sample.iteration > 2 else 0)  # noqa: PLR2004
+    return needed is None or needed > policy.downtime_cap_ms
+
+
+def _post_copy_now(steering, sample):
+    left_mib = max(sample.remaining_bytes, steering.last_pass_peak_bytes) / MIB
+    return Step("post_copy", f"pass {sample.iteration - 1} measured ratio {sample.ratio:.2f} >= 1: the guest dirties "
+                             f"memory at least as fast as the link carries it, so pre-copy cannot shrink the "
+                             f"{left_mib:.0f} MiB left; post-copy sends them about once")
 
 
 def _escalated(steering):
@@ -307,7 +375,7 @@ def _fit_downtime(steering, sample, policy):
 
 
 def _climb(steering, sample, policy):
-    """The next rung above the ones used: auto-converge, post-copy or abort."""
+    """The next rung above the ones used: auto-converge, post-copy, or waiting with what is in force."""
     ratio = sample.ratio
     stall = (f"ratio {ratio:.2f} >= {policy.threshold} for {steering.stalled_passes} passes"
              if ratio is not None else "no convergence")
@@ -322,11 +390,23 @@ def _climb(steering, sample, policy):
             return (Step("auto_converge", f"{stall}; {how}", value=throttle or None),)
         if rung == "post_copy":
             return (Step("post_copy", f"{stall}; switching to post-copy"),)
-        needed = needed_downtime_ms(sample)
-        needs = f"; a stop now would take about {needed} ms" if needed else ""
-        return (Step("abort", f"{stall} and nothing permitted is left to make it converge{needs} "
-                              f"(budget {policy.max_downtime_ms} ms)", judge=False),)
+        return (Step("wait", _wait_why(stall, steering, sample, policy), judge=False),)
     return ()
+
+
+def _wait_why(stall, steering, sample, policy):
+    needed = needed_downtime_ms(sample)
+    needs = f"; a stop now would take about {needed} ms" if needed else ""
+    kept = ""
+    if steering.throttle_maxed is not None and is_stalled(sample, policy):
+        kept = (f"; QEMU's throttle is at its maximum ({sample.throttle_pct} %) and the guest still dirties "
+                f"{sample.dirty_rate_bps / MIB:.0f} MiB/s: it writes much memory with little CPU, which no throttle "
+                "makes converge")
+    elif sample.throttle_pct:
+        kept = f"; QEMU's throttle stays at {sample.throttle_pct} %"
+    return (f"{stall} and nothing permitted is left to make it converge{needs} (budget {policy.max_downtime_ms} "
+            f"ms){kept}; waiting for a pass whose data fits the budget, until the data left reaches no new low for "
+            f"{policy.progress_timeout_s} s (progress_timeout) or a budget ends")
 
 
 def _throttle_still_rising(steering, sample, policy):
@@ -361,5 +441,5 @@ def _taken(steering, steps, verdicts, sample):
         deadline = (sample.iteration + THROTTLE_PATIENCE_PASSES, sample.time_ms + THROTTLE_PATIENCE_MS)
     steering = replace(steering, pending=tuple(pending), climbed=tuple(climbed), downtime_limit_ms=limit,
                        steps_taken=index, post_copy=steering.post_copy or any(s.what == "post_copy" for s in steps),
-                       throttle_deadline=deadline)
+                       aborted=steering.aborted or any(s.what == "abort" for s in steps), throttle_deadline=deadline)
     return Decision(steering, tuple(steps), verdicts)

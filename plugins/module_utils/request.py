@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
-from ansible_collections.kvm.live_migration.plugins.module_utils.policy import Policy
+from ansible_collections.kvm.live_migration.plugins.module_utils.policy import PROGRESS_TIMEOUT_S, Policy
 from ansible_collections.kvm.live_migration.plugins.module_utils.units import GIB
 
 TRANSPORTS = ("tls", "ssh", "tcp")
@@ -62,12 +62,13 @@ class MigrationRequest:
     copy_storage: str | None = None
     migrate_disks: tuple = ()
     post_copy_recovery_timeout_s: int = 300
+    progress_timeout_s: int = PROGRESS_TIMEOUT_S
 
     @property
     def policy(self):
         return Policy(threshold=self.convergence_threshold, stall_passes=self.stall_passes,
                       max_downtime_ms=self.max_downtime_ms, allow_auto_converge=self.allow_auto_converge,
-                      allow_post_copy=self.allow_post_copy)
+                      allow_post_copy=self.allow_post_copy, progress_timeout_s=self.progress_timeout_s)
 
 
 def validate_request(request):
@@ -149,6 +150,10 @@ def validate_values(request):
     if request.post_copy_recovery_timeout_s < 0:
         raise MigrationError(f"post_copy_recovery_timeout={request.post_copy_recovery_timeout_s} is negative",
                              fix="give the seconds a broken post-copy may take to resume, e.g. 300, or 0 for no try")
+    if request.progress_timeout_s < 1:
+        raise MigrationError(f"progress_timeout={request.progress_timeout_s} must be at least 1 second",
+                             fix=f"give the seconds without a new low of the data left before an abort, e.g. "
+                                 f"{PROGRESS_TIMEOUT_S}")
     if request.timeout_s is not None and request.timeout_s <= 0:
         raise MigrationError(f"timeout={request.timeout_s} must be a positive number of seconds",
                              fix="omit timeout to derive it from the guest's memory, or give seconds")

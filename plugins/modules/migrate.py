@@ -18,7 +18,12 @@ description:
     least O(convergence_threshold) does not converge; after O(stall_passes) such passes in a row the module climbs
     one rung of a ladder and checks O(stall_passes) passes later whether the ratio fell. The rungs, each only when
     permitted and supported by both hosts, are raise the downtime limit to exactly what the remaining data needs
-    (within O(max_downtime_ms)), auto-converge (QEMU throttles the guest's vCPUs), post-copy, and abort.
+    (within O(max_downtime_ms)), auto-converge (QEMU throttles the guest's vCPUs), post-copy, and wait (with
+    nothing permitted left, the strongest measures stay in force and each pass may still finish within the budget).
+  - With post-copy permitted, a pass whose ratio is 1 or more (pre-copy cannot shrink what is left) switches to
+    post-copy at once.
+  - Aborts a pre-copy migration whose data left at the start of a pass reaches no new low for O(progress_timeout)
+    seconds, the guest staying on the source.
   - Before moving, measures the guest's dirty rate (O(measure_dirty_rate)), predicts whether pre-copy converges at
     O(bandwidth), and picks the starting strategy; with post-copy permitted a guest predicted not to converge, or to
     take much longer than one copy of its memory, starts post-copy at once.
@@ -181,7 +186,9 @@ migration:
       description:
         - What the module did, in order. Each has C(pass) and C(time_ms) (since the start), C(what), C(why), C(value)
           (the new downtime limit in ms, or the throttle in %) and C(helped).
-        - C(what) is one of C(set_downtime), C(auto_converge), C(post_copy), C(abort) (the policy's steps), or
+        - C(what) is one of C(set_downtime), C(auto_converge), C(post_copy), C(wait) (nothing permitted is left; the
+          measures in force stay and the migration waits for a pass that fits the budget), C(abort) (the policy's
+          steps), or
           C(abort_retry), C(abort_timeout), C(resume), C(pause_both) (both hosts ran the guest after a failed
           migration and nothing proved which copy is current), C(measure_failed), C(measure_skipped),
           C(post_copy_unavailable), C(auto_converge_unavailable) (a permission these hosts cannot honour, dropped),

@@ -153,18 +153,24 @@ def test_heavy_guest_completes_with_auto_converge(running_lab, guest, tmp_path):
 
 
 @pytest.mark.stock
-def test_heavy_guest_is_aborted_when_nothing_is_permitted(running_lab, guest, tmp_path):
+def test_heavy_guest_waits_then_is_aborted_without_progress_when_nothing_is_permitted(running_lab, guest, tmp_path):
+    """Nothing permitted is left: the module keeps waiting for a window, and the progress timeout (no new low of
+    the data left at the start of a pass for 20 s) ends it long before the time budget."""
     name = guest(HEAVY)
     before = running_lab.console("hv1", name)
 
-    result = migrate(running_lab, tmp_path, name, allow_auto_converge=False, timeout=120, **CLEARTEXT)
+    result = migrate(running_lab, tmp_path, name, allow_auto_converge=False, timeout=120, progress_timeout=20,
+                     **CLEARTEXT)
 
     migration = result["migration"]
     assert result["failed"] is True
     assert (migration["status"], migration["owner"], migration["strategy"]) == ("aborted", "hv1", "precopy")
-    assert [action["what"] for action in migration["actions"]] == ["abort"]
+    assert [action["what"] for action in migration["actions"]] == ["wait", "abort"]
     assert "nothing permitted is left to make it converge" in migration["actions"][0]["why"]
-    assert migration["total_time_ms"] < 120_000  # the ladder ends it long before the time budget
+    assert migration["actions"][1]["why"].startswith("no progress: the data left at the start of a pass has not "
+                                                     "fallen below")
+    assert migration["actions"][1]["time_ms"] >= 20_000
+    assert migration["total_time_ms"] < 120_000
     assert sampled(migration)[-1]["ratio"] >= 0.8
     assert_still_on_source(running_lab, name, before)
 

@@ -335,6 +335,8 @@ THROTTLED = [sample(1, remaining=900 * MIB, processed=124 * MIB),
              sample(4, remaining=100 * MIB, processed=900 * MIB, dirty_pages=8192, throttle=60),
              sample(5, remaining=10 * MIB, processed=910 * MIB, dirty_pages=4096, throttle=80, downtime=100),
              sample(6, remaining=5 * MIB, processed=915 * MIB, dirty_pages=4096, throttle=80, downtime=100)]
+# Dirtying faster than the link carries (ratio 1.22): pre-copy cannot shrink the 300 MiB left.
+HOT = [sample(n, remaining=300 * MIB, processed=n * 100 * MIB, dirty_pages=20000) for n in range(1, 9)]
 STALL_WHY = "ratio 0.95 >= 0.8 for 2 passes"
 CAPPED = {"bandwidth_mib": 64}
 
@@ -346,15 +348,21 @@ def whats(result):
 @pytest.mark.parametrize(
     ("script", "changes", "status", "strategy", "actions", "downtimes", "post_copy_calls", "placement"),
     [
-        pytest.param({"samples": UNTHROTTLED}, {"allow_auto_converge": False}, "aborted", "precopy",
-                     [("abort", 3, None, None)], [(100, 0)], 0, {"hv1": "running", "hv2": None},
-                     id="stalled-nothing-permitted-aborts"),
-        pytest.param({"samples": STALLED}, {}, "aborted", "auto_converge",
-                     [("auto_converge", 3, 99, False), ("abort", 6, None, None)], [(100, 0)], 0,
-                     {"hv1": "running", "hv2": None}, id="throttle-did-not-help-aborts"),
+        pytest.param({"samples": UNTHROTTLED}, {"allow_auto_converge": False, "progress_timeout_s": 2}, "aborted",
+                     "precopy", [("wait", 3, None, None), ("abort", 6, None, None)], [(100, 0)], 0,
+                     {"hv1": "running", "hv2": None}, id="stalled-nothing-permitted-waits-then-no-progress-aborts"),
+        pytest.param({"samples": STALLED}, {"progress_timeout_s": 3}, "aborted", "auto_converge",
+                     [("auto_converge", 3, 99, False), ("wait", 6, None, None), ("abort", 8, None, None)], [(100, 0)],
+                     0, {"hv1": "running", "hv2": None}, id="throttle-did-not-help-waits-then-no-progress-aborts"),
+        pytest.param({"samples": UNTHROTTLED}, {"allow_auto_converge": False}, "completed", "precopy",
+                     [("wait", 3, None, None)], [(100, 0)], 0, {"hv1": None, "hv2": "running"},
+                     id="stalled-nothing-permitted-waits-and-a-window-completes"),
         pytest.param({"samples": STALLED}, {"allow_post_copy": True}, "completed", "post_copy",
                      [("auto_converge", 3, 99, False), ("post_copy", 6, None, True)], [(100, 0)], 1,
                      {"hv1": None, "hv2": "running"}, id="throttle-did-not-help-post-copy-completes"),
+        pytest.param({"samples": HOT}, {"allow_post_copy": True}, "completed", "post_copy",
+                     [("post_copy", 2, None, True)], [(100, 0)], 1, {"hv1": None, "hv2": "running"},
+                     id="first-pass-ratio-above-1-post-copy-at-once"),
         pytest.param({"samples": THROTTLED}, {}, "completed", "auto_converge",
                      [("auto_converge", 3, 60, True), ("set_downtime", 6, 200, True)], [(100, 0), (200, 0)], 0,
                      {"hv1": None, "hv2": "running"}, id="throttle-helped-downtime-raised"),

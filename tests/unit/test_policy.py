@@ -139,7 +139,8 @@ def test_predict(dirty_mib, bandwidth_mib, policy, features, expected):
 def test_predict_explains_an_expected_abort():
     prediction = predict(128 * MIB, 512 * MIB, BW, NONE, Features())
     assert prediction["why"] == ("pre-copy would finish never (ratio 2.00) and neither auto-converge nor post-copy "
-                                 "is permitted and supported: expect an abort")
+                                 "is permitted and supported: it completes only if a pass happens to fit the downtime "
+                                 "budget before a budget or the progress timeout ends it")
 
 
 # -- features --------------------------------------------------------------------------------------
@@ -186,10 +187,10 @@ def test_detect_features(names, source, destination, transport, expected):
 @pytest.mark.parametrize(
     ("policy", "features", "rungs"),
     [
-        (Policy(), Features(), ["set_downtime", "auto_converge", "abort"]),
-        (BOTH, Features(), ["set_downtime", "auto_converge", "post_copy", "abort"]),
-        (BOTH, NOTHING, ["set_downtime", "abort"]),
-        (Policy(allow_auto_converge=False, allow_post_copy=True), Features(), ["set_downtime", "post_copy", "abort"]),
+        (Policy(), Features(), ["set_downtime", "auto_converge", "wait"]),
+        (BOTH, Features(), ["set_downtime", "auto_converge", "post_copy", "wait"]),
+        (BOTH, NOTHING, ["set_downtime", "wait"]),
+        (Policy(allow_auto_converge=False, allow_post_copy=True), Features(), ["set_downtime", "post_copy", "wait"]),
     ],
 )
 def test_usable_rungs(policy, features, rungs):
@@ -204,6 +205,8 @@ STALLED = [at(1), *(at(n, 0.95, 40) for n in range(2, 13))]
 # The same, with QEMU's throttle at 50 % from pass 3 and at its maximum from pass 4.
 STALLED_THROTTLED = [at(1), at(2, 0.95, 40), at(3, 0.95, 40, throttle=50),
                      *(at(n, 0.95, 40, throttle=99) for n in range(4, 9))]
+# Stalled, but each pass leaves 1 MiB less than the one before: slow progress.
+SHRINKING = [at(1), *(at(n, 0.95, 60 - n) for n in range(2, 13))]
 # Stalled until the throttle engages at pass 3, then the ratio and the remaining data fall.
 THROTTLED = [at(1), at(2, 0.95, 300), at(3, 0.95, 300, throttle=60), at(4, 0.5, 100, throttle=60),
              at(5, 0.3, 15, throttle=80), at(6, 0.2, 5, throttle=80)]
@@ -216,16 +219,33 @@ THROTTLED = [at(1), at(2, 0.95, 300), at(3, 0.95, 300, throttle=60), at(4, 0.5, 
         pytest.param([at(1), at(2, 0.9, 10), at(3, 0.9, 10)], AUTO, Features(),
                      [(3, "set_downtime", 200)], {}, id="stalled-but-fits-budget"),
         pytest.param([at(1), at(2, 0.9, 10), at(3, 0.9, 10), at(4, 0.9, 10), at(5, 0.9, 10)], AUTO, NOTHING,
-                     [(3, "set_downtime", 200), (5, "abort", None)], {0: False}, id="raised-limit-did-not-help"),
-        pytest.param(STALLED, NONE, Features(), [(3, "abort", None)], {}, id="stalled-nothing-permitted"),
+                     [(3, "set_downtime", 200), (5, "wait", None)], {0: False}, id="raised-limit-did-not-help"),
+        pytest.param(STALLED, NONE, Features(), [(3, "wait", None)], {}, id="stalled-nothing-permitted-waits"),
+        # Pass 2 set the low (40 MiB) at 3 s; 5 s without a new low end it.
+        pytest.param(STALLED, Policy(allow_auto_converge=False, progress_timeout_s=5), Features(),
+                     [(3, "wait", None), (8, "abort", None)], {}, id="no-progress-aborts"),
+        pytest.param(SHRINKING, Policy(allow_auto_converge=False, progress_timeout_s=5), Features(),
+                     [(3, "wait", None)], {}, id="each-new-low-restarts-the-progress-timeout"),
+        pytest.param(STALLED, Policy(progress_timeout_s=5), Features(),
+                     [(3, "auto_converge", None), (8, "abort", None)], {0: False},
+                     id="no-progress-aborts-while-throttling"),
+        # With post-copy permitted, one pass at a ratio of 1 or more is enough, throttle or not.
+        pytest.param([at(1), at(2, 1.2, 300), at(3, 1.2, 300)], BOTH, Features(), [(2, "post_copy", None)], {},
+                     id="ratio-above-1-post-copy-at-once"),
+        pytest.param([at(1), at(2, 0.95, 300), at(3, 1.1, 300, throttle=60)], BOTH, Features(),
+                     [(3, "post_copy", None)], {}, id="ratio-above-1-while-throttled-post-copy-at-once"),
+        pytest.param([at(1), at(2, 1.2, 10), at(3, 1.2, 10)], BOTH, Features(), [(3, "set_downtime", 200)], {},
+                     id="ratio-above-1-but-what-is-left-fits-the-budget"),
+        pytest.param([at(1), at(2, 1.2, 300), at(3, 1.2, 300)], AUTO, Features(), [(3, "auto_converge", None)], {},
+                     id="ratio-above-1-without-post-copy-climbs-the-ladder"),
         # At its maximum from pass 4: two passes and 1.5 s there before the ladder climbs on.
-        pytest.param(STALLED_THROTTLED, AUTO, Features(), [(3, "auto_converge", 50), (6, "abort", None)],
-                     {0: False}, id="throttle-at-maximum-did-not-help-then-abort"),
+        pytest.param(STALLED_THROTTLED, AUTO, Features(), [(3, "auto_converge", 50), (6, "wait", None)],
+                     {0: False}, id="throttle-at-maximum-did-not-help-then-wait"),
         pytest.param(STALLED_THROTTLED, BOTH, Features(), [(3, "auto_converge", 50), (6, "post_copy", None)],
                      {0: False}, id="throttle-at-maximum-did-not-help-then-post-copy"),
         # QEMU's throttle never rose: the ladder waits 8 passes for it, then climbs on.
-        pytest.param(STALLED, AUTO, Features(), [(3, "auto_converge", None), (11, "abort", None)], {0: False},
-                     id="throttle-never-rose-then-abort-at-deadline"),
+        pytest.param(STALLED, AUTO, Features(), [(3, "auto_converge", None), (11, "wait", None)], {0: False},
+                     id="throttle-never-rose-then-wait-at-deadline"),
         pytest.param(STALLED, BOTH, Features(auto_converge=False), [(3, "post_copy", None)], {},
                      id="no-auto-converge-support"),
         # At pass 5 only 15 MiB remain, but pass 4 held 100 MiB: the limit waits for pass 6 (15 MiB peak).
@@ -233,7 +253,7 @@ THROTTLED = [at(1), at(2, 0.95, 300), at(3, 0.95, 300, throttle=60), at(4, 0.5, 
                      id="throttle-helped-then-downtime-fits"),
         pytest.param([at(1), at(2, 0.9), at(3, 0.5), at(4, 0.9), at(5, 0.5)], NONE, Features(), [], {},
                      id="stall-counter-resets"),
-        pytest.param(STALLED[:8], Policy(stall_passes=4, allow_auto_converge=False), Features(), [(5, "abort", None)],
+        pytest.param(STALLED[:8], Policy(stall_passes=4, allow_auto_converge=False), Features(), [(5, "wait", None)],
                      {}, id="stall-passes-4"),
         pytest.param(STALLED, Policy(threshold=1.0, allow_auto_converge=False), Features(), [], {},
                      id="threshold-1"),
@@ -242,6 +262,35 @@ THROTTLED = [at(1), at(2, 0.95, 300), at(3, 0.95, 300, throttle=60), at(4, 0.5, 
 def test_steer(samples, policy, features, steps, verdicts):
     taken, judged, _steering = run_steering(samples, policy, features)
     assert (taken, judged) == (steps, verdicts)
+
+
+def test_wait_says_what_stays_in_force_and_why_a_throttle_cannot_help():
+    steps = []
+    policy = AUTO
+    steering = Steering.start(policy, Features())
+    for sample in STALLED_THROTTLED:
+        decision = steer(steering, sample, policy)
+        steering = decision.steering
+        steps += decision.steps
+    wait = steps[-1]
+    assert wait.what == "wait"
+    assert wait.why == ("ratio 0.95 >= 0.8 for 5 passes and nothing permitted is left to make it converge; a stop now "
+                        "would take about 790 ms (budget 500 ms); QEMU's throttle is at its maximum (99 %) and the "
+                        "guest still dirties 61 MiB/s: it writes much memory with little CPU, which no throttle makes "
+                        "converge; waiting for a pass whose data fits the budget, until the data left reaches no new "
+                        "low for 150 s (progress_timeout) or a budget ends")
+
+
+def test_no_progress_abort_names_the_low_and_the_measures_in_force():
+    policy = Policy(allow_auto_converge=False, progress_timeout_s=5)
+    steering = Steering.start(policy, Features())
+    steps = []
+    for sample in STALLED:
+        decision = steer(steering, sample, policy)
+        steering = decision.steering
+        steps += decision.steps
+    assert steps[-1].why == ("no progress: the data left at the start of a pass has not fallen below 40 MiB for 5 s "
+                             "(progress_timeout); ratio 0.95")
 
 
 def test_steer_starts_post_copy_at_the_first_sample_when_predicted():
@@ -258,7 +307,7 @@ def test_steer_ignores_a_post_copy_strategy_that_is_not_usable():
 def test_steer_acts_once_per_pass():
     samples = [at(1), at(2, 0.95, 40), at(3, 0.95, 40), at(3, 0.95, 40), at(3, 0.95, 40)]
     steps, _verdicts, steering = run_steering(samples, NONE, Features())
-    assert steps == [(3, "abort", None)]
+    assert steps == [(3, "wait", None)]
     assert steering.last_pass == 3
 
 

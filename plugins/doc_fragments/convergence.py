@@ -74,7 +74,8 @@ options:
   progress_timeout:
     description:
       - Seconds a pre-copy migration may go without progress before it is aborted, the guest staying on the source.
-        Progress is a new low of the data left at the start of a pass (KubeVirt's progress timeout, same default).
+        Progress is a new low of the data left at the start of a pass, at least 5 % below the last (KubeVirt's
+        progress timeout and default, with a margin for the few % by which a stuck migration's passes jitter).
       - When nothing permitted is left to make a migration converge, the strongest measures stay in force (the
         downtime limit, QEMU's throttle) and every pass is a chance to finish within O(max_downtime_ms), until this
         or O(timeout) or O(max_data_factor) ends it. The action C(wait) records it, with why (for example a guest

@@ -56,6 +56,9 @@ THROTTLE_SETTLE_MS = 1500
 HELPED_RATIO_DROP = 0.1
 # KubeVirt's default progress timeout (migrations.progressTimeout): no new low of the data left for this long.
 PROGRESS_TIMEOUT_S = 150
+# ... where a new low must be this much below the old one: a stuck guest's passes jitter by a few % (measured on
+# the lab's heavy guest, whose strict new lows kept coming for 40 s and more).
+PROGRESS_DROP = 0.05
 # With post-copy permitted, start with it when pre-copy is predicted to take this much longer than
 # one copy of memory (post-copy sends each page about once).
 POST_COPY_GAIN = 1.25
@@ -300,7 +303,7 @@ def _note_progress(steering, sample):
     if steering.last_pass < 1:
         return steering
     peak = steering.pass_peak_bytes
-    if steering.lowest_peak_bytes is None or peak < steering.lowest_peak_bytes:
+    if steering.lowest_peak_bytes is None or peak < steering.lowest_peak_bytes * (1 - PROGRESS_DROP):
         return replace(steering, lowest_peak_bytes=peak, lowest_peak_ms=sample.time_ms)
     return steering
 

@@ -155,12 +155,13 @@ def test_heavy_guest_completes_with_auto_converge(running_lab, guest, tmp_path):
 @pytest.mark.stock
 def test_heavy_guest_waits_then_is_aborted_without_progress_when_nothing_is_permitted(running_lab, guest, tmp_path):
     """Nothing permitted is left: the module keeps waiting for a window, and the progress timeout (no new low of
-    the data left at the start of a pass for 20 s) ends it long before the time budget."""
+    the data left at the start of a pass, 5 % below the last, for 20 s) ends it long before the time and data
+    budgets."""
     name = guest(HEAVY)
     before = running_lab.console("hv1", name)
 
     result = migrate(running_lab, tmp_path, name, allow_auto_converge=False, timeout=120, progress_timeout=20,
-                     **CLEARTEXT)
+                     max_data_factor=20, **CLEARTEXT)
 
     migration = result["migration"]
     assert result["failed"] is True

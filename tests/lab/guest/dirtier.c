@@ -13,7 +13,7 @@
  * the stamp, then bumps the generation; a sweep verifies every page every kvmlm.sweep_ms. A write that
  * a migration lost leaves an older generation in the page (or the table), and is counted as bad.
  *
- * Prints "KVMLM boot=<boot id> tick=<n> dirtied=<pages> swept=<sweeps> bad=<pages>" on the console
+ * Prints "KVMLM boot=<boot id> tick=<n> dirtied=<pages> swept=<sweeps> bad=<pages> ms=<guest ms>" on the console
  * every tick, so a test can prove that the same guest (same boot id) kept running across a migration
  * (tick never resets) and that its memory arrived intact (bad stays 0 through a sweep after arrival);
  * and "KVMLM mismatch page=..." for the first mismatches it finds.
@@ -173,7 +173,7 @@ int main(void)
     dprintf(1, "KVMLM ready boot=%s mib=%ld touch_mib=%ld rate=%ld pages=%zu\n", boot_id, mib, touch_mib, rate,
             pages.count);
 
-    uint64_t tick = 0, dirtied = 0, sweeps = 0;
+    uint64_t tick = 0, dirtied = 0, sweeps = 0, started = now_ns();
     uint64_t next_tick = now_ns(), slice_end = now_ns(), next_sweep = now_ns() + (uint64_t)sweep_ms * 1000000ULL;
     long per_slice = rate > 0 ? (rate * SLICE_NS + 999999999L) / 1000000000L : 0;
     for (;;) {
@@ -189,9 +189,10 @@ int main(void)
             next_sweep = now_ns() + (uint64_t)sweep_ms * 1000000ULL;
         }
         if (t >= next_tick) {
-            int n = snprintf(line, sizeof line, "KVMLM boot=%s tick=%llu dirtied=%llu swept=%llu bad=%llu\n",
+            int n = snprintf(line, sizeof line, "KVMLM boot=%s tick=%llu dirtied=%llu swept=%llu bad=%llu ms=%llu\n",
                              boot_id, (unsigned long long)tick++, (unsigned long long)dirtied,
-                             (unsigned long long)sweeps, (unsigned long long)pages.bad);
+                             (unsigned long long)sweeps, (unsigned long long)pages.bad,
+                             (unsigned long long)((t - started) / 1000000ULL));
             write(1, line, (size_t)n);
             next_tick += (uint64_t)tick_ms * 1000000ULL;
             if (next_tick < t)

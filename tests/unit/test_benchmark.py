@@ -1,0 +1,119 @@
+"""The convergence benchmark's pure parts: the anchor policies (as their sources describe them) and the guest's
+cost read from its counter lines."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+anchors = importlib.import_module("anchors")
+convergence = importlib.import_module("convergence")
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+def drive(anchor, readings):
+    """[(elapsed_s, action)] for a list of (elapsed_s, iteration, remaining MiB)."""
+    taken = []
+    for elapsed, iteration, remaining_mib in readings:
+        reading = anchors.Reading(elapsed_s=elapsed, iteration=iteration, remaining_bytes=remaining_mib * MIB)
+        taken += [(elapsed, what, value) for what, value in anchor.step(reading)]
+    return taken
+
+
+def test_nova_ramps_the_downtime_from_50_ms_one_step_per_150_s_for_small_guests():
+    nova = anchors.make("nova", 512 * MIB)
+    assert nova.initial_downtime_ms == 50
+    taken = drive(nova, [(149, 2, 300), (151, 3, 300), (301, 4, 300), (1601, 5, 300)])
+    assert taken == [(151, "downtime", 95), (301, "downtime", 140), (1601, "abort", "completion timeout 1600 s")]
+
+
+@pytest.mark.parametrize(
+    ("readings", "expected"),
+    [
+        # Pass 1 never switches; in pass 2 a poll with less than 10 % progress does.
+        ([(0.5, 1, 500), (1.0, 1, 499), (1.5, 2, 300), (2.0, 2, 280)], [(2.0, "post_copy")]),
+        ([(0.5, 2, 300), (1.0, 2, 200), (1.5, 2, 100)], []),
+        ([(0.5, 2, 100), (1.0, 2, 150)], [(1.0, "post_copy")]),  # a sync raised the remaining data
+    ],
+    ids=["slow-progress", "fast-progress", "sync"],
+)
+def test_nova_switches_to_post_copy_on_less_than_10_pct_progress_per_poll(readings, expected):
+    taken = drive(anchors.make("nova-pc", 512 * MIB), readings)
+    assert [(elapsed, what) for elapsed, what, _why in taken] == expected
+
+
+def test_nova_without_permit_post_copy_never_switches():
+    assert drive(anchors.make("nova", 512 * MIB), [(0.5, 2, 100), (1.0, 2, 150)]) == []
+
+
+def test_ovirt_minimal_downtime_applies_one_item_per_poll_on_a_new_pass_then_aborts():
+    ovirt = anchors.make("ovirt-minimal", 512 * MIB)
+    assert (ovirt.initial_downtime_ms, ovirt.auto_converge, ovirt.post_copy, ovirt.poll_s) == (100, True, False, 10)
+    readings = [(10, 1, 500), (20, 2, 40), (30, 2, 40), (40, 3, 40), (50, 5, 40), (60, 6, 40), (70, 7, 40),
+                (80, 8, 40), (90, 9, 40)]
+    assert [(elapsed, what, value) for elapsed, what, value in drive(ovirt, readings) if what == "downtime"] == [
+        (20, "downtime", 150), (40, "downtime", 200), (50, "downtime", 300), (60, "downtime", 400),
+        (70, "downtime", 500)]
+    again = anchors.make("ovirt-minimal", 512 * MIB)
+    assert drive(again, readings)[-1] == (80, "abort", "schedule item after pass 8")
+
+
+def test_ovirt_post_copy_schedule_switches_after_two_downtime_steps():
+    ovirt = anchors.make("ovirt-pc", 512 * MIB)
+    assert ovirt.post_copy is True
+    taken = drive(ovirt, [(10, 2, 40), (20, 3, 40), (30, 4, 40)])
+    assert [what for _elapsed, what, _value in taken] == ["downtime", "downtime", "post_copy"]
+
+
+def test_proxmox_doubles_the_downtime_after_more_than_5_polls_without_progress():
+    proxmox = anchors.make("proxmox", 512 * MIB)
+    readings = [(n, 2, 40) for n in range(1, 15)]
+    assert drive(proxmox, readings) == [(7, "downtime", 200), (13, "downtime", 400)]
+    assert drive(anchors.make("proxmox", 512 * MIB), [(n, 2, 100 - n) for n in range(1, 15)]) == []
+
+
+def test_kubevirt_aborts_without_progress_for_150_s_or_after_150_s_per_gib():
+    stuck = drive(anchors.make("kubevirt", 2 * GIB), [(1, 1, 40), (100, 3, 41), (151.5, 9, 40)])
+    assert stuck == [(151.5, "abort", "no new low of the remaining data for 150 s")]
+    slow = drive(anchors.make("kubevirt", 512 * MIB), [(n, n, 500 - n) for n in range(1, 80, 2)])
+    assert slow[0] == (77, "abort", "completion timeout 75 s")
+
+
+def ticks(rate_per_ms, until_ms, stall=None, slow_from=None):
+    """Counter lines every 200 ms at ``rate_per_ms`` pages, with an optional gap and a halved rate from a time."""
+    lines, dirtied, at = [], 0, 0
+    while at <= until_ms:
+        lines.append((at, int(dirtied)))
+        step = 200
+        if stall and at == stall[0]:
+            step = stall[1]
+        rate = rate_per_ms / 2 if slow_from is not None and at >= slow_from else rate_per_ms
+        dirtied += 0 if step != 200 else rate * step  # a stalled guest does nothing
+        at += step
+    return lines
+
+
+def test_guest_cost_counts_lost_work_and_the_longest_stall():
+    before = [line for line in ticks(10, 3000) if line[0] <= 3000]
+    after = ticks(10, 20_000, stall=(5000, 1200), slow_from=6000)
+    cost = convergence.guest_cost(before, after, total_ms=8000)
+    # The window is 3 s to 12 s (8 s and 1 s more): stopped from 5 s to 6.2 s, then at half its rate, so it did
+    # 2 + 2.9 s of its work in 9 s.
+    assert cost == {"lost_s": 4.1, "stall_ms": 1000}
+
+
+def test_guest_cost_of_an_idle_guest_has_no_lost_work():
+    idle = ticks(0, 10_000)
+    assert convergence.guest_cost(idle[:10], idle, total_ms=2000) == {"lost_s": None, "stall_ms": 0}
+
+
+def test_medians_hide_no_failed_run():
+    completed = {"outcome": "completed", "time_ms": 10_000, "downtime_ms": 40}
+    row = convergence.summary([completed, {**completed, "time_ms": 12_000}, {"outcome": "aborted", "time_ms": 30}])
+    assert (row["completed"], row["runs"], row["time_s"], row["spread_s"]) == (2, 3, None, (10.0, 12.0))

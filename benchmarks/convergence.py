@@ -143,9 +143,15 @@ def plain_libvirt(libvirt, name, auto_converge, bound_s):
 def anchored(libvirt, name, anchor, bound_s):
     """One migration steered by an anchor policy (benchmarks/anchors.py): armed as it arms, polled as often as it
     polls, each action applied through libvirt as that system does."""
-    source, monitor, destination = (libvirt.open("qemu:///system"), libvirt.open("qemu:///system"),
-                                    libvirt.open(DEST_URI))
+    # Only the worker inside a hypervisor imports the engine's connection (for libvirt's event loop).
+    from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor  # noqa: PLC0415
+
+    events = Hypervisor("qemu:///system", events=True)
+    events.open()
+    source, monitor = libvirt.open("qemu:///system"), events.conn
     domain, watched = source.lookupByName(name), monitor.lookupByName(name)
+    completion = []  # the JOB_COMPLETED event's statistics: after post-copy neither host keeps them
+    events.watch_job_completed(watched, completion.append)
     flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
              | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
     flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE if anchor.auto_converge else 0
@@ -192,11 +198,19 @@ def anchored(libvirt, name, anchor, bound_s):
                 done.wait(60)
                 return {"outcome": "aborted", "error": action[1], "time_ms": int(elapsed * 1000),
                         "actions": actions}
+    wall_ms = int((time.monotonic() - started) * 1000)
     if error:
-        return {"outcome": "failed", "error": error[0], "time_ms": int((time.monotonic() - started) * 1000),
-                "actions": actions}
-    stats = destination.lookupByName(name).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
-    total_ms = stats.get("time_elapsed")
+        return {"outcome": "failed", "error": error[0], "time_ms": wall_ms, "actions": actions}
+    return _completed(completion, wall_ms, actions, post_copy_at)
+
+
+def _completed(completion, wall_ms, actions, post_copy_at):
+    """A completed anchor run from the JOB_COMPLETED event (which may trail migrateToURI3's return)."""
+    deadline = time.monotonic() + 5
+    while not completion and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stats = completion[-1] if completion else {}
+    total_ms = stats.get("time_elapsed") or wall_ms
     return {"outcome": "completed", "time_ms": total_ms, "downtime_ms": stats.get("downtime"),
             "data_bytes": stats.get("data_processed"), "passes": stats.get("memory_iteration"), "actions": actions,
             "post_copy_ms": None if post_copy_at is None else max(0, total_ms - int(post_copy_at * 1000)),
@@ -306,9 +320,12 @@ def migrate_once(workload, policy, index, bound_s=None):
                                  capture_output=True, text=True).stdout.strip()
     try:
         before = guest_ticks(name)
-        output = lab("exec", "hv1", "env", f"PYTHONPATH={collections}", str(VENV / "bin" / "python"), __file__,
-                     "--one", policy, name, str(bound_s), timeout=bound_s + 180)
-        run = json.loads(output.strip().splitlines()[-1])
+        worker = subprocess.run(["bash", str(LAB_SH), "exec", "hv1", "env", f"PYTHONPATH={collections}",
+                                 str(VENV / "bin" / "python"), __file__, "--one", policy, name, str(bound_s)],
+                                capture_output=True, text=True, timeout=bound_s + 180, check=False)
+        if worker.returncode != 0:  # a broken run is a row that says so, not the end of the matrix
+            return {"outcome": "worker failed", "error": worker.stderr.strip().splitlines()[-1:], "time_ms": 0}
+        run = json.loads(worker.stdout.strip().splitlines()[-1])
         if run["outcome"] == "completed":
             run["intact"] = arrived_intact(name)
         else:
@@ -551,6 +568,7 @@ def main_matrix(workloads, policies, transports, repeats):
                 print(f"bench: {workload} / {policy} ({repeat + 1}/{repeats}) ...", file=sys.stderr, flush=True)
                 runs.setdefault((workload, policy), []).append(migrate_once(workload, policy, index))
                 index += 1
+                save(runs, {})
     transport_runs = transport_rows(transports, index)
     failed = 0
     if runs:
@@ -568,10 +586,15 @@ def main_matrix(workloads, policies, transports, repeats):
         print()
         failed += report(transport_targets(transport_runs))
     print(f"\nbenchmark took {(time.monotonic() - started) / 60:.1f} min")
+    save(runs, transport_runs)
+    return 1 if failed else 0
+
+
+def save(runs, transport_runs):
+    """The raw results so far (after every run: a matrix cut short keeps what it measured)."""
     Path(os.environ.get("KVMLM_BENCH_RESULT", "/var/tmp/kvmlm-convergence.json")).write_text(
         json.dumps({**{f"{w}/{p}": attempts for (w, p), attempts in runs.items()},
                     **{f"idle-1g/{t}": run for t, run in transport_runs.items()}}, indent=1))
-    return 1 if failed else 0
 
 
 def main():

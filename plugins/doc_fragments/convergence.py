@@ -58,17 +58,17 @@ options:
     default: false
   post_copy_recovery_timeout:
     description:
-      - Seconds to keep resuming a post-copy that broke after the switch (the link or the destination failed), with
-        libvirt's post-copy recovery (C(VIR_MIGRATE_POSTCOPY_RESUME)), every 5 s.
-      - First QEMU's post-copy stream is paused (C(virsh domjobabort --postcopy)); a resume is sent only once the
-        destination answers and shows the guest C(postcopy_failed) (a resume that arrives earlier can hang both
-        daemons' jobs).
+      - Seconds to wait for a post-copy that broke after the switch (the link or the destination failed) to complete.
+      - After a cut link libvirt calls the job failed while QEMU's stream survives; once the link is back the stream
+        carries on and libvirt finishes the migration by itself, which the module waits for, touching nothing. A
+        stream that QEMU gave up itself is resumed with libvirt's post-copy recovery (C(VIR_MIGRATE_POSTCOPY_RESUME)),
+        every 5 s, once the destination answers and shows the guest C(postcopy_failed).
       - Neither host holds all of the guest's memory meanwhile, so the source's copy is never resumed; if the
         recovery does not succeed in time, the task fails with both hosts' states. Running the same task again
         resumes it; the failure gives the commands too.
       - V(0) tries nothing and fails at once.
-      - Needs libvirt 8.5 or later on both hosts; libvirt 11.3.0 crashes on every post-copy resume, so nothing is
-        tried when a host runs it.
+      - Needs libvirt 8.5 or later on both hosts; libvirt 11.3.0 crashes on every post-copy resume, so no resume is
+        sent when a host runs it (the wait for QEMU's own stream still is).
     type: int
     default: 300
   progress_timeout:

@@ -73,7 +73,6 @@ POST_COPY_MEMORY_MARGIN = 256 * MIB
 POST_COPY_RECOVERY_RETRY_S = 5.0
 EOF_AT_START = "end of file while reading data"
 # libvirt's refusal of a resume while QEMU still sends the post-copy stream (into a dead socket, after a cut link).
-QEMU_STILL_MIGRATING = "migration is still running"
 
 
 class _Outcome:
@@ -416,51 +415,60 @@ class MigrationRunner:
         return any(isinstance(state, GuestState) and state.post_copy for state in states)
 
     def _recover_post_copy(self, result, domain):
-        """Resume the broken post-copy (VIR_MIGRATE_POSTCOPY_RESUME) until it completes or the recovery budget ends;
-        the source's copy is never resumed, whatever happens."""
-        if not self.features.post_copy_recovery:
-            self.ownership.recovery_blocked = self.features.reasons["post_copy_recovery"]
-            # QEMU's stream is left as it is: the re-run after the upgrade pauses it once the destination answers.
-            self._record("post_copy_recovery_unavailable", f"the broken post-copy is not resumed: "
-                                                           f"{self.ownership.recovery_blocked}")
-            return
+        """Within post_copy_recovery_timeout, wait for the broken post-copy to end on the destination.
+
+        Measured after a cut link: libvirt's keepalive calls the job failed after about 30 s, but QEMU's stream
+        survives (TCP keeps retrying), carries on once the link is back and completes, and libvirt (>= 8.5) then
+        finishes the migration unattended on both hosts. So QEMU's stream is never paused here: pausing it turns a
+        stall that heals itself into a break that only a resume can mend. Only a stream that QEMU gave up itself
+        is resumed (VIR_MIGRATE_POSTCOPY_RESUME), where libvirt can. The source's copy is never resumed."""
         budget = self.request.post_copy_recovery_timeout_s
         deadline = self.clock() + budget
+        can_resume = self.features.post_copy_recovery
+        if not can_resume:
+            self.ownership.recovery_blocked = self.features.reasons["post_copy_recovery"]
+            self._record("post_copy_recovery_unavailable", f"a broken post-copy is not resumed "
+                                                           f"({self.ownership.recovery_blocked}); QEMU's own stream "
+                                                           "may still complete it once the hosts reach each other")
         rungs = self.steering.rungs if self.steering else ()
         flags = migration_flags(self.lv, self.request, rungs) | self.lv.VIR_MIGRATE_POSTCOPY | \
             self.lv.VIR_MIGRATE_POSTCOPY_RESUME
         params = migration_params(self.lv, self.request, post_copy=True)
-        tries, last_error, paused = 0, None, False
+        tries, last_error = 0, "the destination was not asked yet"
         while self.clock() < deadline:
-            not_ready = self._destination_unreachable()
-            if not not_ready and (not paused or QEMU_STILL_MIGRATING in (last_error or "").lower()):
-                # Paused only once the destination answers: the pause closes QEMU's stream, and the destination sees
-                # the break only if that close reaches it (a reset sent into a cut link is lost, and then its QEMU
-                # waits on the dead connection for good; measured). Its libvirt may call the post-copy failed
-                # before its QEMU saw the break, so the resume waits one more interval.
-                self._pause_post_copy(domain)
-                paused = True
-                not_ready = "QEMU's stream was just paused: the destination is given time to see it close"
-            not_ready = not_ready or self._destination_not_failed()
-            if not_ready:
-                last_error = not_ready
-                self.wait(min(POST_COPY_RECOVERY_RETRY_S, max(0.0, deadline - self.clock())), threading.Event())
-                continue
-            tries += 1
-            resumed = _Outcome()
-            self._run_migration_call(domain, params, flags, resumed)
-            self.wait(max(0.0, deadline - self.clock()), resumed.finished)
-            if resumed.finished.is_set() and resumed.error is None:
-                self._record("post_copy_recovered", f"post-copy resumed and completed after {tries} "
-                                                    f"attempt{'s' if tries > 1 else ''}")
+            if self._completed_on_the_destination():
+                self._record("post_copy_recovered", "QEMU's post-copy stream came back once the hosts reached each "
+                                                    "other and completed; libvirt finished the migration unattended")
                 result.status, result.error, result.total_time_ms = "completed", None, self._elapsed_ms()
                 return
-            last_error = resumed.error.get_error_message() if isinstance(resumed.error, self.lv.libvirtError) \
-                else str(resumed.error or "no answer")
+            not_ready = self._destination_unreachable() or self._destination_not_failed()
+            if can_resume and not not_ready:
+                tries += 1
+                resumed = _Outcome()
+                self._run_migration_call(domain, params, flags, resumed)
+                self.wait(max(0.0, deadline - self.clock()), resumed.finished)
+                if resumed.finished.is_set() and resumed.error is None:
+                    self._record("post_copy_recovered", f"post-copy resumed and completed after {tries} "
+                                                        f"attempt{'s' if tries > 1 else ''}")
+                    result.status, result.error, result.total_time_ms = "completed", None, self._elapsed_ms()
+                    return
+                not_ready = resumed.error.get_error_message() if isinstance(resumed.error, self.lv.libvirtError) \
+                    else str(resumed.error or "no answer")
+            last_error = not_ready or last_error
             self.wait(min(POST_COPY_RECOVERY_RETRY_S, max(0.0, deadline - self.clock())), threading.Event())
         self._record("post_copy_recovery_failed",
-                     f"post-copy did not resume within post_copy_recovery_timeout={budget} s ({tries} attempts; "
-                     f"last: {last_error})" if budget > 0 else "post_copy_recovery_timeout=0: no recovery tried")
+                     f"post-copy did not complete within post_copy_recovery_timeout={budget} s ({tries} resume "
+                     f"attempts; last: {last_error})" if budget > 0 else "post_copy_recovery_timeout=0: no waiting")
+
+    def _completed_on_the_destination(self):
+        """The guest runs on the destination, past post-copy, and no longer on the source: the post-copy completed
+        (libvirt finishes a migration whose stream completed after its job was called failed)."""
+        try:
+            there = self.destination.guest_state(self.request.name) if self.destination.revive() else None
+            here = self.source.guest_state(self.request.name)
+        except MigrationError:
+            return False
+        return there is not None and there.running and not there.post_copy and (here is None or not here.running)
 
     def _destination_unreachable(self):
         """Why the destination cannot be asked now (its link or libvirtd is down), or None. A connection libvirt still
@@ -481,17 +489,6 @@ class MigrationRunner:
             return (f"the destination shows the guest {describe(state)}: its side has not seen the post-copy "
                     "stream break yet")
         return None
-
-    def _pause_post_copy(self, domain):
-        """Pause QEMU's post-copy stream (QEMU's migrate-pause). After a cut link libvirt calls the job failed while
-        QEMU still waits on the dead socket, and refuses every resume until the stream is paused."""
-        try:
-            domain.abortJobFlags(self.lv.VIR_DOMAIN_ABORT_JOB_POSTCOPY)
-        except self.lv.libvirtError as error:
-            # Already paused (QEMU noticed the failure itself), or the job ended meanwhile: nothing to pause.
-            self._record("post_copy_pause", f"QEMU's post-copy stream was not paused: {error.get_error_message()}")
-            return
-        self._record("post_copy_pause", "QEMU's post-copy stream paused (migrate-pause), ready for the resume")
 
     def _finish(self, result, watched, outcome, domain=None):
         result.actions = self.actions

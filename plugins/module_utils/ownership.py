@@ -29,11 +29,9 @@ BROKEN_POST_COPY = "broken_post_copy"
 
 
 def recovery_command(name, dest_uri, options=""):
-    """The commands that resume a broken post-copy by hand, on the source: pause QEMU's stream (a cut link leaves it
-    waiting on a dead socket), then resume it."""
+    """The command that resumes, by hand on the source, a post-copy whose stream QEMU gave up."""
     options = f" {options}" if options else ""
-    return (f"virsh domjobabort --postcopy {name}; "
-            f"virsh migrate --live --p2p --postcopy --postcopy-resume{options} {name} {dest_uri}")
+    return f"virsh migrate --live --p2p --postcopy --postcopy-resume{options} {name} {dest_uri}"
 
 
 class Ownership:
@@ -157,13 +155,15 @@ class Ownership:
     def _recovery_fix(self, result):
         never = (f"never resume the source's copy (its memory is out of date), never destroy either copy, and do not "
                  f"decommission {result.source} before the guest completed on {result.destination}")
+        itself = ("once both hosts reach each other again, QEMU's stream usually carries on by itself and libvirt "
+                  "completes the migration (run this task again: it waits for that")
         if self.recovery_blocked:
-            return (f"this post-copy cannot be resumed as the hosts are: {self.recovery_blocked}. Upgrade libvirt "
-                    f"there and restart its libvirtd (running guests keep running), then run this task again: it "
-                    f"resumes the post-copy; {never}")
+            return (f"{itself}). If QEMU gave the stream up instead, this post-copy cannot be resumed as the hosts "
+                    f"are: {self.recovery_blocked}. Upgrade libvirt there and restart its libvirtd (running guests "
+                    f"keep running), then run this task again: it resumes the post-copy; {never}")
         command = recovery_command(self.name, self.destination.uri, self.resume_options)
-        return (f"once both hosts reach each other again, run this task again: it resumes the post-copy (by hand: "
-                f"'{command}' on {result.source}); {never}")
+        return (f"{itself}, or resumes the post-copy if QEMU gave its stream up; by hand: '{command}' on "
+                f"{result.source}); {never}")
 
     def _pause_both(self, result):
         """Both hosts run the guest after a failed migration and nothing proves which copy is current: stop both

@@ -34,12 +34,13 @@ description:
   - A guest that already runs on the destination and not on the source is reported as unchanged.
   - Reads both hosts first and refuses to start while a migration job of the guest is active (another run, or a run
     whose controller died) or a post-copy of it is under way, naming how to watch or abort it.
-  - A post-copy that breaks after the switch (a cut link, a host that stops answering) is resumed within
-    O(post_copy_recovery_timeout). QEMU's stream is paused, and once the destination answers and shows the break,
-    libvirt's post-copy recovery resumes it. The source's copy, out of date then, is never resumed. If the budget
-    ends first, the task fails; run it again once the hosts reach each other, and the re-run resumes the broken
-    post-copy instead of starting anything (C(would_resume) in check mode). libvirt 11.3.0 cannot resume a post-copy
-    (its daemon crashes); the module says so and sends no resume there.
+  - A post-copy that breaks after the switch (a cut link, a host that stops answering) is waited for within
+    O(post_copy_recovery_timeout). After a cut link QEMU's stream survives and, once the link is back, completes;
+    libvirt then finishes the migration by itself. A stream QEMU gave up itself is resumed with libvirt's post-copy
+    recovery once the destination answers and shows the break. The source's copy, out of date then, is never
+    resumed. If the budget ends first, the task fails; run it again once the hosts reach each other, and the re-run
+    waits for or resumes the broken post-copy instead of starting anything (C(would_resume) in check mode).
+    libvirt 11.3.0 cannot resume a post-copy (its daemon crashes); the module says so and sends no resume there.
   - Every connection has keepalive, and the time budget holds by the clock even when no statistics come. See the
     collection's docs/reliability.md.
   - Run it on the source hypervisor (the default O(source_uri) is the local system daemon), or anywhere with a remote

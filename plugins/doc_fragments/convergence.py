@@ -65,7 +65,7 @@ options:
         every 5 s, once the destination answers and shows the guest C(postcopy_failed).
       - Neither host holds all of the guest's memory meanwhile, so the source's copy is never resumed; if the
         recovery does not succeed in time, the task fails with both hosts' states. Running the same task again
-        resumes it; the failure gives the commands too.
+        waits for it or resumes it; the failure gives the command too.
       - V(0) tries nothing and fails at once.
       - Needs libvirt 8.5 or later on both hosts; libvirt 11.3.0 crashes on every post-copy resume, so no resume is
         sent when a host runs it (the wait for QEMU's own stream still is).

@@ -72,7 +72,6 @@ ABORT_RETRY_S = 2.0
 POST_COPY_MEMORY_MARGIN = 256 * MIB
 POST_COPY_RECOVERY_RETRY_S = 5.0
 EOF_AT_START = "end of file while reading data"
-# libvirt's refusal of a resume while QEMU still sends the post-copy stream (into a dead socket, after a cut link).
 
 
 class _Outcome:
@@ -437,9 +436,8 @@ class MigrationRunner:
         tries, last_error = 0, "the destination was not asked yet"
         while self.clock() < deadline:
             if self._completed_on_the_destination():
-                self._record("post_copy_recovered", "QEMU's post-copy stream came back once the hosts reached each "
-                                                    "other and completed; libvirt finished the migration unattended")
-                result.status, result.error, result.total_time_ms = "completed", None, self._elapsed_ms()
+                self._recovered(result, "QEMU's post-copy stream came back once the hosts reached each other and "
+                                        "completed; libvirt finished the migration unattended")
                 return
             not_ready = self._destination_unreachable() or self._destination_not_failed()
             if can_resume and not not_ready:
@@ -448,9 +446,8 @@ class MigrationRunner:
                 self._run_migration_call(domain, params, flags, resumed)
                 self.wait(max(0.0, deadline - self.clock()), resumed.finished)
                 if resumed.finished.is_set() and resumed.error is None:
-                    self._record("post_copy_recovered", f"post-copy resumed and completed after {tries} "
-                                                        f"attempt{'s' if tries > 1 else ''}")
-                    result.status, result.error, result.total_time_ms = "completed", None, self._elapsed_ms()
+                    self._recovered(result, f"post-copy resumed and completed after {tries} "
+                                            f"attempt{'s' if tries > 1 else ''}")
                     return
                 not_ready = resumed.error.get_error_message() if isinstance(resumed.error, self.lv.libvirtError) \
                     else str(resumed.error or "no answer")
@@ -459,6 +456,10 @@ class MigrationRunner:
         self._record("post_copy_recovery_failed",
                      f"post-copy did not complete within post_copy_recovery_timeout={budget} s ({tries} resume "
                      f"attempts; last: {last_error})" if budget > 0 else "post_copy_recovery_timeout=0: no waiting")
+
+    def _recovered(self, result, why):
+        self._record("post_copy_recovered", why)
+        result.status, result.error, result.total_time_ms = "completed", None, self._elapsed_ms()
 
     def _completed_on_the_destination(self):
         """The guest runs on the destination, past post-copy, and no longer on the source: the post-copy completed

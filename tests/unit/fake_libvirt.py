@@ -726,7 +726,6 @@ class FakeDomain:
     def state(self):
         guest = self._guest()
         self._complete_unattended(guest)
-        guest = self._guest()
         return [guest.state, guest.reason]
 
     def _complete_unattended(self, guest):
@@ -734,7 +733,7 @@ class FakeDomain:
         after enough looks, libvirt finishes the migration; the source's half is gone."""
         job = guest.migration
         cloud = self.conn.cloud
-        if job is None or job.completes_unattended_after is None or not job.qemu_still_migrating \
+        if job.completes_unattended_after is None or not job.qemu_still_migrating \
                 or cloud.hosts.get(job.dconnuri) is not self.conn.host:
             return
         with cloud.lock:

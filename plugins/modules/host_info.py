@@ -62,11 +62,11 @@ EXAMPLES = r"""
 
 - name: Names of the running guests that can be live-migrated
   ansible.builtin.debug:
-    msg: "{{ hv.domains | json_query(\"[?state=='running' && migratable].name\") }}"
+    msg: "{{ hv.domains | community.general.json_query(\"[?state=='running' && migratable].name\") }}"
 
 - name: Disks that are not on shared storage
   ansible.builtin.debug:
-    msg: "{{ hv.domains | json_query('[].disks[?shared==`false`].path[]') }}"
+    msg: "{{ hv.domains | community.general.json_query('[].disks[?shared==`false`].path[]') }}"
 """
 
 RETURN = r"""

@@ -111,7 +111,7 @@ EXAMPLES = r"""
 
 - name: Show the checks that failed, with their fixes
   ansible.builtin.debug:
-    msg: "{{ preflight.findings | json_query(\"[?status=='fail'].[check, message, fix]\") }}"
+    msg: "{{ preflight.findings | community.general.json_query(\"[?status=='fail'].[check, message, fix]\") }}"
 """
 
 RETURN = r"""

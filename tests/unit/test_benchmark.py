@@ -117,3 +117,22 @@ def test_medians_hide_no_failed_run():
     completed = {"outcome": "completed", "time_ms": 10_000, "downtime_ms": 40}
     row = convergence.summary([completed, {**completed, "time_ms": 12_000}, {"outcome": "aborted", "time_ms": 30}])
     assert (row["completed"], row["runs"], row["time_s"], row["spread_s"]) == (2, 3, None, (10.0, 12.0))
+
+
+def test_the_convergence_chart_draws_a_real_run_and_refuses_an_empty_one(tmp_path):
+    chart = importlib.import_module("convergence_chart")
+    result = Path(__file__).resolve().parents[2] / "docs" / "images" / "convergence-heavy.json"
+    assert chart.main([str(result), str(tmp_path / "chart.png")]) == 0
+    assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
+    migration = {"timeline": [{"pass": 1, "sampled": False, "time_ms": 10}], "actions": []}
+    with pytest.raises(ValueError, match="no sampled pass"):
+        chart.draw(migration)
+
+
+def test_the_chart_counts_what_is_left_at_the_stop_not_the_last_polls_remainder():
+    chart = importlib.import_module("convergence_chart")
+    entry = {"pass": 2, "sampled": True, "ratio": 0.8, "remaining_bytes": 8 * MIB, "time_ms": 13000,
+             "transfer_rate_bps": 64 * MIB, "expected_downtime_ms": 5000, "downtime_limit_ms": 500}
+    assert chart.left_mib(entry) == 320
+    assert chart.fits_limit_mib(entry) == 32
+    assert chart.sampled_passes([{**entry, "pass": 1, "ratio": None}, entry]) == [entry]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (as root on Debian 12):
 #   dependencies (the backports stack: QEMU 10.0 / libvirt 11.3) -> lint -> unit tests -> collection
-#   build -> ansible-test sanity -> ansible-lint -> integration tests in the two-hypervisor lab (brought
+#   build -> docs and changelog (tests/docs, tests/changelog.py) -> ansible-test sanity -> ansible-lint -> integration tests in the two-hypervisor lab (brought
 #   up and torn down by the tests) -> the molecule scenario (the same lab, driven by molecule)
 #   -> the stock stage: Debian 12's own QEMU 7.2 / libvirt 9.0, the lab tests marked "stock"
 #   -> back to the backports stack.
@@ -49,6 +49,10 @@ run_pytest tests/unit -q -p no:cacheprovider
 
 stage "collection build"
 bash tests/build.sh
+
+stage "docs and changelog: links, examples against the built collection, filters, ansible-doc; fragments"
+python tests/changelog.py check
+run_pytest tests/docs -q -p no:cacheprovider --rootdir tests/docs -c /dev/null
 
 stage "ansible-test sanity"
 bash tests/sanity.sh

@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: evacuate
 short_description: Empty a KVM hypervisor by live-migrating its guests to other hypervisors
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Moves the guests of the hypervisor it runs on (or O(source_uri)) to the hypervisors in O(destinations), so the
     host can be taken out of service without stopping a guest.

@@ -67,7 +67,7 @@ def broken_links(document):
     text = document.read_text()
     text_without_code = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
     for match in LINK.finditer(text_without_code):
-        target = match.group(1) or match.group(2)
+        target = re.sub(r"\\(.)", r"\1", match.group(1) or match.group(2))  # CommonMark's backslash escapes
         if EXTERNAL.match(target):
             continue
         path_part, _, anchor = target.partition("#")

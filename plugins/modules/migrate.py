@@ -185,24 +185,49 @@ migration:
       sample: precopy
     actions:
       description:
-        - What the module did, in order. Each has C(pass) and C(time_ms) (since the start), C(what), C(why), C(value)
-          (the new downtime limit in ms, or the throttle in %) and C(helped).
-        - C(what) is one of C(set_downtime), C(auto_converge), C(post_copy), C(wait) (nothing permitted is left; the
-          measures in force stay and the migration waits for a pass that fits the budget), C(abort) (the policy's
-          steps), or
-          C(abort_retry), C(abort_timeout), C(resume), C(pause_both) (both hosts ran the guest after a failed
-          migration and nothing proved which copy is current), C(measure_failed), C(measure_skipped),
-          C(post_copy_unavailable), C(auto_converge_unavailable) (a permission these hosts cannot honour, dropped),
-          C(post_copy_failed), C(post_copy_refused) (the destination lacked the memory), C(post_copy_recovered),
-          C(post_copy_recovery_failed), C(destination_unreachable), C(source_unreachable), C(set_downtime_failed),
-          C(budget_exceeded).
-        - C(helped) is whether the ratio fell (or the migration ended) O(stall_passes) passes after a step; null for
-          actions that are not judged.
+        - What the module did, in order, and why; the steps the policy chose are judged afterwards (O(stall_passes)
+          passes later).
       type: list
       elements: dict
       sample:
         - {"pass": 3, "time_ms": 13200, "what": "auto_converge", "value": 85, "helped": true,
            "why": "ratio 0.91 >= 0.8 for 2 passes; QEMU throttles the guest at 85 %"}
+      contains:
+        pass:
+          description: The pre-copy pass during which it happened (0 before the job started).
+          type: int
+          sample: 3
+        time_ms:
+          description: Milliseconds since the start of the run.
+          type: int
+          sample: 13200
+        what:
+          description:
+            - The policy's steps - V(set_downtime), V(auto_converge), V(post_copy), V(wait) (nothing permitted is
+              left; the measures in force stay and the migration waits for a pass that fits the budget), V(abort).
+            - What the module did around them - V(abort_retry), V(abort_timeout), V(resume), V(pause_both) (both hosts
+              ran the guest after a failed migration and nothing proved which copy is current), V(measure_failed),
+              V(measure_skipped), V(post_copy_unavailable), V(auto_converge_unavailable),
+              V(post_copy_recovery_unavailable) (a permission or recovery these hosts cannot honour, dropped),
+              V(post_copy_failed), V(post_copy_refused) (the destination lacked the memory), V(post_copy_recovered),
+              V(post_copy_recovery_failed), V(post_copy_found_broken), V(destination_unreachable),
+              V(source_unreachable), V(set_downtime_failed), V(budget_exceeded).
+          type: str
+          sample: auto_converge
+        why:
+          description: The measured reason, with the numbers it rests on.
+          type: str
+          sample: "ratio 0.91 >= 0.8 for 2 passes; QEMU throttles the guest at 85 %"
+        value:
+          description: The new downtime limit in ms (V(set_downtime)), the throttle in % (V(auto_converge)), else
+            V(null).
+          type: int
+          sample: 85
+        helped:
+          description: Whether the ratio fell (or the migration ended) O(stall_passes) passes after the step; V(null)
+            for actions that are not judged.
+          type: bool
+          sample: true
     total_time_ms:
       description: Time from start to switch-over (or to the abort), in milliseconds.
       type: int
@@ -236,38 +261,144 @@ migration:
       type: float
       sample: 0.12
     prediction:
-      description:
-        - The prediction made before the migration, next to which the outcome is reported.
-        - C(dirty_rate_bps) measured (null when not measured), C(bandwidth_bps) (null without a cap), C(ratio),
-          C(first_pass_s) (one copy of memory at the bandwidth), C(precopy_s) (null when pre-copy never converges),
-          C(converges), C(strategy) and C(why) it was chosen, C(throttle_initial_pct) and C(throttle_step_pct)
-          given to auto-converge, C(measure_time_ms).
+      description: The prediction made before the migration, next to which the outcome is reported.
       type: dict
       sample: {"dirty_rate_bps": 134217728, "bandwidth_bps": 67108864, "ratio": 2.0, "first_pass_s": 8.0,
                "precopy_s": null, "converges": false, "strategy": "post_copy", "throttle_initial_pct": 90,
                "throttle_step_pct": 9, "measure_time_ms": 1100,
                "why": "pre-copy would finish never (ratio 2.00); post-copy sends each page about once, about 8 s"}
+      contains:
+        dirty_rate_bps:
+          description: The guest's dirty rate measured before the start, in bytes/s; V(null) when not measured.
+          type: int
+          sample: 134217728
+        bandwidth_bps:
+          description: The bandwidth cap in bytes/s; V(null) without a cap.
+          type: int
+          sample: 67108864
+        ratio:
+          description: Dirty rate / bandwidth; V(null) when either is unknown.
+          type: float
+          sample: 2.0
+        first_pass_s:
+          description: One copy of the guest's memory at the bandwidth, in seconds.
+          type: float
+          sample: 8.0
+        precopy_s:
+          description: How long pre-copy alone would take, in seconds; V(null) when it never converges.
+          type: float
+          sample: null
+        converges:
+          description: Whether the ratio is below O(convergence_threshold); V(null) when unknown.
+          type: bool
+          sample: false
+        strategy:
+          description: The strategy it starts with - V(precopy), V(auto_converge) or V(post_copy).
+          type: str
+          sample: post_copy
+        why:
+          description: Why that strategy, with the numbers.
+          type: str
+          sample: "pre-copy would finish never (ratio 2.00); post-copy sends each page about once, about 8 s"
+        throttle_initial_pct:
+          description: The throttle auto-converge starts at (the strongest whose stops fit O(max_downtime_ms));
+            V(null) when auto-converge is not permitted.
+          type: int
+          sample: 90
+        throttle_step_pct:
+          description: Auto-converge's step; V(null) when auto-converge is not permitted.
+          type: int
+          sample: 9
+        measure_time_ms:
+          description: How long measuring the dirty rate took, in ms.
+          type: int
+          sample: 1100
     timeline:
       description:
-        - One entry per pass, from pass 1 to RV(migration.passes).
-        - A pass that began and ended between two polls has C(sampled=false), the time its MIGRATION_ITERATION
-          event came (or V(null)), and V(null) for what was not measured.
+        - One entry per pass, from pass 1 to RV(migration.passes), as read at the pass's last poll.
+        - A pass that began and ended between two polls has RV(migration.timeline[].sampled=false), the time its
+          MIGRATION_ITERATION event came (or V(null)), and V(null) for what was not measured.
       type: list
       elements: dict
       sample: [{"pass": 1, "time_ms": 500, "remaining_bytes": 400000000, "processed_bytes": 33554432,
                 "dirty_rate_bps": 0, "transfer_rate_bps": 67108864, "ratio": null, "expected_downtime_ms": 500,
                 "throttle_pct": 0, "downtime_limit_ms": 500, "sampled": true}]
+      contains:
+        pass:
+          description: The pass number (libvirt's C(memory_iteration)).
+          type: int
+          sample: 1
+        time_ms:
+          description: Milliseconds since the job started.
+          type: int
+          sample: 500
+        remaining_bytes:
+          description: Memory QEMU still had to send at that poll.
+          type: int
+          sample: 400000000
+        processed_bytes:
+          description: Bytes sent so far.
+          type: int
+          sample: 33554432
+        dirty_rate_bps:
+          description: The guest's dirty rate QEMU measured, in bytes/s.
+          type: int
+          sample: 0
+        transfer_rate_bps:
+          description: The transfer rate QEMU measured, in bytes/s.
+          type: int
+          sample: 67108864
+        ratio:
+          description: Dirty rate / transfer rate (the convergence ratio); V(null) in pass 1.
+          type: float
+          sample: null
+        expected_downtime_ms:
+          description: How long QEMU expects the switch-over's stop to last if it happened now, in ms.
+          type: int
+          sample: 500
+        throttle_pct:
+          description: QEMU's auto-converge throttle in force, in %.
+          type: int
+          sample: 0
+        downtime_limit_ms:
+          description: The downtime limit in force, in ms.
+          type: int
+          sample: 500
+        sampled:
+          description: Whether a poll measured the pass (V(false) when it went by between two polls).
+          type: bool
+          sample: true
     error:
-      description: The libvirt error that ended a failed migration (message, fix, code, code_name).
+      description: The libvirt error that ended a failed migration; V(null) otherwise.
       type: dict
       sample: null
+      contains:
+        message:
+          description: What failed, with libvirt's message.
+          type: str
+        fix:
+          description: What to do about it (docs/troubleshooting.md lists every message).
+          type: str
+        code:
+          description: libvirt's error code, when the failure came from libvirt.
+          type: int
+        code_name:
+          description: The name of libvirt's error code (C(VIR_ERR_...)).
+          type: str
     hosts:
-      description:
-        - The guest's state on each host at the module's last look (C(running), C(paused), C(shutoff), ...,
-          C(absent), or C(unreachable) when the host did not answer), with libvirt's reason when it tells of a
-          migration (C(paused (postcopy_failed)), C(paused (migration))).
+      description: The guest's state on each host at the module's last look.
       type: dict
       sample: {"source": "absent", "destination": "running"}
+      contains:
+        source:
+          description:
+            - The guest's state on the source - V(running), V(paused), V(shutoff), ..., V(absent), or V(unreachable)
+              when the host did not answer, with libvirt's reason when it tells of a migration
+              (V(paused (postcopy_failed)), V(paused (migration))).
+          type: str
+        destination:
+          description: The guest's state on the destination, in the same terms.
+          type: str
     transport:
       description: How the guest's memory travelled - V(tls) (QEMU's TLS), V(ssh) (tunnelled through libvirt's SSH
         connection) or V(tcp) (clear text).

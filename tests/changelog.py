@@ -58,7 +58,7 @@ def commits_without_fragment(repo=REPO_ROOT):
         return ["changelogs/config.yaml is not committed: nothing marks where fragments begin"]
     missing = []
     for line in git("log", "--format=%H %s", f"{base[-1]}..HEAD", repo=repo).splitlines():
-        commit, _, subject = line.partition(" ")
+        commit, subject = line.split(" ", 1)
         if needs_fragment(git("diff-tree", "--no-commit-id", "--name-only", "-r", commit, repo=repo).split()):
             missing.append(f"{commit[:10]} {subject[:100]}")
     uncommitted = git("status", "--porcelain", "--untracked-files=all", repo=repo).splitlines()

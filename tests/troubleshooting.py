@@ -153,7 +153,7 @@ def generated(root=PLUGINS):
 def document_with(reference, document=DOCUMENT):
     text = document.read_text()
     head, begin, rest = text.partition(BEGIN)
-    _, end, tail = rest.partition(END)
+    end, tail = rest.partition(END)[1:]
     if not begin or not end:
         raise SystemExit(f"{document} lacks the markers {BEGIN} and {END}")
     return head + reference + tail

@@ -70,7 +70,7 @@ def broken_links(document):
         target = re.sub(r"\\(.)", r"\1", match.group(1) or match.group(2))  # CommonMark's backslash escapes
         if EXTERNAL.match(target):
             continue
-        path_part, _, anchor = target.partition("#")
+        path_part, anchor = [*target.split("#", 1), ""][:2]
         resolved = (document.parent / path_part).resolve() if path_part else document
         if not resolved.exists():
             yield f"{target}: no such file ({resolved})"
@@ -141,9 +141,11 @@ def test_every_yaml_example_parses():
 def test_every_playbook_and_task_example_passes_the_syntax_check(installed_collection, tmp_path):
     runnable = [example for example in EXAMPLES if example.kind != "yaml"]
     assert len(runnable) >= 10, [example.source for example in EXAMPLES]  # the collector found the examples
+    def check(example):
+        return syntax_check(example, installed_collection, tmp_path)
+
     with ThreadPoolExecutor(max_workers=4) as pool:
-        failures = [failure for failure in pool.map(lambda example: syntax_check(example, installed_collection,
-                                                                                   tmp_path), runnable) if failure]
+        failures = [failure for failure in pool.map(check, runnable) if failure]
     assert failures == [], "\n".join(failures)
 
 

@@ -40,9 +40,10 @@ EXAMPLES = list(all_examples())
 
 
 def markdown_documents():
-    ignored = {"tests", ".git", "lab-state", ".venv"}
-    return sorted(path for path in REPO_ROOT.rglob("*.md")
-                  if not ignored & set(path.relative_to(REPO_ROOT).parts))
+    """The Markdown files of the repository (tracked, or new and not ignored), not those of tools' caches."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    return sorted(REPO_ROOT / name for name in listed if not name.startswith("tests/") and (REPO_ROOT / name).exists())
 
 
 def github_anchors(markdown):

@@ -55,12 +55,23 @@ MAX_DOWNTIME_MS = 500
 DEST_URI = "qemu+ssh://hv2/system"
 SAMPLE_S = 0.1
 
-# name: (memory MiB, working set MiB, pages/s (-1 flat out), MiB filled at boot)
+# name: (memory MiB, working set MiB, pages/s (-1 flat out), MiB filled at boot, extra guest kernel arguments)
+MODERATE_RATE = int(os.environ.get("KVMLM_BENCH_MODERATE_RATE", "11000"))
 WORKLOADS = {
-    "idle": (512, 384, 0, 384),
-    "moderate": (512, 256, int(os.environ.get("KVMLM_BENCH_MODERATE_RATE", "11000")), 384),
-    "heavy": (512, 384, 40000, 384),
-    "hot-set": (512, int(os.environ.get("KVMLM_BENCH_HOT_MIB", "32")), -1, 384),
+    "idle": (512, 384, 0, 384, ""),
+    "moderate": (512, 256, MODERATE_RATE, 384, ""),
+    "heavy": (512, 384, 40000, 384, ""),
+    "hot-set": (512, int(os.environ.get("KVMLM_BENCH_HOT_MIB", "32")), -1, 384, ""),
+    # 2 s of writes at 2.5 x the cap, then 3 s of quiet: a pass that lands in a quiet spell can finish
+    "bursty": (512, 384, 40000, 384, "kvmlm.burst_ms=2000 kvmlm.quiet_ms=3000"),
+    # the moderate writer in a 2 GiB guest: what size costs
+    "moderate-2g": (2048, 1024, MODERATE_RATE, 1536, ""),
+}
+# The default matrix (about 25 minutes): where no policy has anything to steer (idle) or a row only shows
+# the cost of size (2 GiB), the policies that tell the story; elsewhere all of them.
+DEFAULT_POLICIES = {
+    "idle": ("libvirt-ac", "ours-ac", "ours-pc"),
+    "moderate-2g": ("libvirt-ac", "proxmox", "ovirt-pc", "ours-ac", "ours-pc"),
 }
 # Runs that never converge are cut off here (aborted, guest stays on hv1): plain libvirt sooner, as it has no
 # policy that could still act.
@@ -68,15 +79,23 @@ BOUND_S = {"libvirt": 60}
 DEFAULT_BOUND_S = 120
 POLICIES = (*anchors.ANCHORS, "ours-ac", "ours-pc")
 RUNS = 1
+RESULTS = REPO / "benchmarks" / "results"
+SERIES_EVERY_S = 0.5  # the remaining-memory curve keeps one point per half second
 LAB_STATE = Path(os.environ.get("KVMLM_LAB_STATE", "/var/tmp/kvmlm-lab"))
 TICK = re.compile(r"KVMLM boot=\w+ tick=(\d+) dirtied=(\d+) swept=\d+ bad=\d+ ms=(\d+)")
 TICK_MS = 200  # the lab guest's counter interval (kvmlm.tick_ms)
 BASELINE_MS = 2000
 # The transport rows: transport[-pN] (N parallel connections), the idle 1 GiB guest, no cap.
-TRANSPORT_WORKLOAD = (1024, 768, 0, 768)  # 896 MiB left the guest kernel short: "deadlocked on memory"
+TRANSPORT_WORKLOAD = (1024, 768, 0, 768, "")  # 896 MiB left the guest kernel short: "deadlocked on memory"
 TRANSPORTS = ("tcp", "tls", "ssh", "tls-p4")
 TRANSPORT_BOUND_S = 120
 TLS_TARGET = 0.8
+# The evacuation rows: 4 light writers (2,000 pages/s over 128 MiB each: little CPU, so four may run at once)
+# emptied off hv1 by the collection's evacuation (concurrency 1 and 2, the 64 MiB/s shared) and by a sequential
+# loop of the best anchor (the fastest on the moderate row, else Proxmox's policy), each guest at 64 MiB/s.
+EVACUATION_GUESTS = 4
+EVACUATION_WORKLOAD = (512, 128, 2000, 256, "")
+EVACUATION_VARIANTS = ("evacuate-c1", "evacuate-c2", "anchor-loop")
 
 
 # -- one migration, inside hv1 ------------------------------------------------------------------
@@ -94,13 +113,18 @@ class Sampler(threading.Thread):
         self.pass1_bytes = 0
         self.max_throttle = 0
         self.passes = 0
+        self.series = []  # [(s since the start, MiB left)], for the chart of remaining memory over time
 
     def run(self):
+        started = time.monotonic()
         while not self.stop.wait(SAMPLE_S):
             try:
                 stats = self.domain.jobStats()
             except self.libvirt.libvirtError:
                 return
+            elapsed = time.monotonic() - started
+            if "memory_remaining" in stats and (not self.series or elapsed - self.series[-1][0] >= SERIES_EVERY_S):
+                self.series.append((round(elapsed, 1), round(stats["memory_remaining"] / MIB, 1)))
             iteration = stats.get("memory_iteration", 0)
             self.passes = max(self.passes, iteration)
             if iteration == 1:
@@ -286,7 +310,7 @@ def run_one(policy, name, bound_s):
         outcome = ours(name, policy == "ours-pc", bound_s)
     sampler.stop.set()
     sampler.join(5)
-    outcome.update(pass1_bytes=sampler.pass1_bytes, max_throttle=sampler.max_throttle)
+    outcome.update(pass1_bytes=sampler.pass1_bytes, max_throttle=sampler.max_throttle, series=sampler.series)
     outcome.setdefault("passes", sampler.passes)
     print(json.dumps(outcome))
 
@@ -294,9 +318,9 @@ def run_one(policy, name, bound_s):
 # -- the matrix, from the controller ---------------------------------------------------------------
 
 
-def lab(*args, timeout=600):
+def lab(*args, timeout=600, env=None):
     return subprocess.run(["bash", str(LAB_SH), *args], check=True, capture_output=True, text=True,
-                          timeout=timeout).stdout
+                          timeout=timeout, env=env).stdout
 
 
 def remove_guest(name):
@@ -312,9 +336,10 @@ def other_qemu_processes():
 
 def migrate_once(workload, policy, index, bound_s=None):
     name = f"bench{index}"
-    memory, working_set, rate, touch = TRANSPORT_WORKLOAD if workload == "idle-1g" else WORKLOADS[workload]
-    bound_s = bound_s or BOUND_S.get(policy, DEFAULT_BOUND_S)
-    lab("guest-start", "hv1", name, str(memory), str(working_set), str(rate), str(touch))
+    memory, working_set, rate, touch, cmdline = TRANSPORT_WORKLOAD if workload == "idle-1g" else WORKLOADS[workload]
+    bound_s = bound_s or BOUND_S.get(policy, DEFAULT_BOUND_S) * max(1, memory // 512)
+    lab("guest-start", "hv1", name, str(memory), str(working_set), str(rate), str(touch),
+        env={**os.environ, "KVMLM_GUEST_CMDLINE": cmdline})
     time.sleep(3)  # let the workload reach its steady rate
     collections = subprocess.run(["bash", str(REPO / "tests" / "lab" / "collection-path.sh")], check=True,
                                  capture_output=True, text=True).stdout.strip()
@@ -506,6 +531,91 @@ def transport_rows(transports, first_index):
     return runs
 
 
+def start_guests(names):
+    memory, working_set, rate, touch, _cmdline = EVACUATION_WORKLOAD
+    for name in names:
+        lab("guest-start", "hv1", name, str(memory), str(working_set), str(rate), str(touch))
+    time.sleep(3)
+    return {name: guest_ticks(name) for name in names}
+
+
+def evacuate_with_the_collection(concurrency, report_path):
+    """playbooks/evacuate_host.yml on hv1, as an operator runs it; the wall-clock time and the per-guest report."""
+    collections = subprocess.run(["bash", str(REPO / "tests" / "lab" / "collection-path.sh")], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+    started = time.monotonic()
+    run = subprocess.run([str(VENV / "bin" / "ansible-playbook"), "-i", lab("inventory").strip(),
+                          str(REPO / "playbooks" / "evacuate_host.yml"), "-e", "target=hv1",
+                          "-e", f"evacuate_concurrency={concurrency}", "-e", f"evacuate_bandwidth={BANDWIDTH_MIB}",
+                          "-e", "evacuate_transport=tcp", "-e", "evacuate_allow_insecure=true",
+                          "-e", f"evacuate_max_downtime_ms={MAX_DOWNTIME_MS}", "-e", "evacuate_progress_interval=0",
+                          "-e", f"evacuate_report_path={report_path}"],
+                         capture_output=True, text=True, check=False, timeout=1800,
+                         env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": collections})
+    total_ms = int((time.monotonic() - started) * 1000)
+    report = json.loads(Path(report_path).read_text())["report"] if Path(report_path).exists() else []
+    return {"outcome": "completed" if run.returncode == 0 else "failed", "total_ms": total_ms,
+            "guests": {entry["name"]: entry for entry in report},
+            "error": None if run.returncode == 0 else run.stdout.strip().splitlines()[-3:]}
+
+
+def evacuate_with_an_anchor_loop(anchor, names):
+    started, guests, failed = time.monotonic(), {}, False
+    for name in names:
+        worker = subprocess.run(["bash", str(LAB_SH), "exec", "hv1", str(VENV / "bin" / "python"), __file__, "--one",
+                                 anchor, name, str(DEFAULT_BOUND_S)], capture_output=True, text=True,
+                                timeout=DEFAULT_BOUND_S + 180, check=False)
+        run = json.loads(worker.stdout.strip().splitlines()[-1]) if worker.returncode == 0 else {"outcome": "failed"}
+        failed |= run["outcome"] != "completed"
+        guests[name] = {"status": "migrated" if run["outcome"] == "completed" else run["outcome"],
+                        "time_ms": run.get("time_ms"), "downtime_ms": run.get("downtime_ms")}
+    return {"outcome": "failed" if failed else "completed", "total_ms": int((time.monotonic() - started) * 1000),
+            "guests": guests}
+
+
+def evacuation_rows(runs, first_index):
+    """{variant: result} for the evacuation of EVACUATION_GUESTS guests off hv1, with what the guests paid."""
+    moderate = [(summary(attempts)["time_s"], policy) for (workload, policy), attempts in runs.items()
+                if workload == "moderate" and policy in anchors.ANCHORS and summary(attempts)["time_s"]]
+    anchor = min(moderate)[1] if moderate else "proxmox"
+    results = {}
+    for offset, variant in enumerate(EVACUATION_VARIANTS):
+        names = [f"evac{first_index + offset}-{number}" for number in range(EVACUATION_GUESTS)]
+        print(f"bench: evacuation / {variant} ...", file=sys.stderr, flush=True)
+        try:
+            before = start_guests(names)
+            if variant == "anchor-loop":
+                result = evacuate_with_an_anchor_loop(anchor, names)
+                result["anchor"] = anchor
+            else:
+                result = evacuate_with_the_collection(int(variant.removeprefix("evacuate-c")),
+                                                      f"/var/tmp/kvmlm-bench-{variant}.json")
+            time.sleep(2)
+            result["intact"] = all(arrived_intact(name) for name in names)
+            costs = [guest_cost(before[name], guest_ticks(name), result["total_ms"]) for name in names]
+            result["lost_s"] = round(sum(cost["lost_s"] or 0 for cost in costs), 1)
+            result["stall_ms"] = max((cost["stall_ms"] or 0 for cost in costs), default=None)
+            results[variant] = result
+        finally:
+            for name in names:
+                remove_guest(name)
+    return results
+
+
+def evacuation_table(results):
+    header = (f"{'evacuation':<13} {'outcome':<10} {'total s':>7} {'downtime ms (each)':>22} {'lost s':>6} "
+              f"{'stall ms':>8}  note")
+    lines = [header, "-" * len(header)]
+    for variant, result in results.items():
+        downtimes = ",".join(str(guest.get("downtime_ms") if guest.get("downtime_ms") is not None else "-")
+                             for guest in result["guests"].values())
+        note = " ".join(filter(None, [f"{result['anchor']} per guest, one after another" if result.get("anchor")
+                                      else "", "" if result.get("intact") else "A GUEST ARRIVED DAMAGED"]))
+        lines.append(f"{variant:<13} {result['outcome']:<10} {result['total_ms'] / 1000:>7.1f} {downtimes:>22} "
+                     f"{result['lost_s']:>6.1f} {result['stall_ms'] or 0:>8}  {note}")
+    return "\n".join(lines)
+
+
 def throughput_mib_s(run):
     if run.get("outcome") != "completed" or not run.get("time_ms"):
         return None
@@ -544,16 +654,12 @@ def transport_targets(runs):
 
 
 def report(results):
-    failed = 0
-    for text, measured, limit, passed in results:
-        failed += not passed
-        shown = "-" if measured is None else f"{measured:.2f}" if measured < 10 else f"{measured:.1f}"  # noqa: PLR2004
-        shown_limit = "-" if limit is None else f"{limit:.2f}" if limit < 10 else f"{limit:.1f}"  # noqa: PLR2004
-        print(f"{'PASS' if passed else 'FAIL'}  {text}: {shown} (limit {shown_limit})")
-    return failed
+    for line in goal_lines(results):
+        print(line)
+    return sum(not passed for *_rest, passed in results)
 
 
-def main_matrix(workloads, policies, transports, repeats):
+def main_matrix(workloads, policies, transports, repeats, evacuations=True):
     if os.geteuid() != 0:
         sys.exit("run as root: the lab needs namespaces and libvirtd")
     if other_qemu_processes():
@@ -564,12 +670,13 @@ def main_matrix(workloads, policies, transports, repeats):
     index = 1
     for repeat in range(repeats):  # rounds, not runs in a row: a slow minute of the machine hits every policy
         for workload in workloads:
-            for policy in policies:
+            for policy in policies or DEFAULT_POLICIES.get(workload, POLICIES):
                 print(f"bench: {workload} / {policy} ({repeat + 1}/{repeats}) ...", file=sys.stderr, flush=True)
                 runs.setdefault((workload, policy), []).append(migrate_once(workload, policy, index))
                 index += 1
                 save(runs, {})
     transport_runs = transport_rows(transports, index)
+    evacuation = evacuation_rows(runs, index + len(transports)) if evacuations else {}
     failed = 0
     if runs:
         print(f"512 MiB guests, hv1 -> hv2, {BANDWIDTH_MIB} MiB/s cap, downtime budget {MAX_DOWNTIME_MS} ms; medians "
@@ -585,33 +692,100 @@ def main_matrix(workloads, policies, transports, repeats):
         print(transport_table(transport_runs))
         print()
         failed += report(transport_targets(transport_runs))
-    print(f"\nbenchmark took {(time.monotonic() - started) / 60:.1f} min")
-    save(runs, transport_runs)
+    if evacuation:
+        print(f"\nEvacuation: {EVACUATION_GUESTS} guests of 512 MiB (2,000 pages/s each) off hv1, {BANDWIDTH_MIB} "
+              "MiB/s in all, tcp")
+        print(evacuation_table(evacuation))
+    minutes = (time.monotonic() - started) / 60
+    print(f"\nbenchmark took {minutes:.1f} min")
+    save(runs, transport_runs, evacuation=evacuation)
+    write_results(runs, transport_runs, repeats, minutes, evacuation=evacuation)
     return 1 if failed else 0
 
 
-def save(runs, transport_runs):
+def machine():
+    """This machine and stack, for the results' heading."""
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False)
+    libvirt = subprocess.run(["libvirtd", "--version"], capture_output=True, text=True, check=False)
+    version = re.search(r"version (\d+\.\d+\.\d+)", qemu.stdout)
+    libvirt_version = re.search(r"(\d+\.\d+\.\d+)", libvirt.stdout)
+    return (f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 1024**3} GiB, "
+            f"QEMU {version.group(1) if version else '?'} / "
+            f"libvirt {libvirt_version.group(1) if libvirt_version else '?'}"
+            " under TCG")
+
+
+def markdown(runs, transport_runs, repeats, minutes, evacuation=None):
+    """The results as Markdown: heading with date and machine, the table, the goals, the transport rows."""
+    lines = [f"# Convergence benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+             f"{machine()}; 512 MiB guests unless named, hv1 -> hv2 at {BANDWIDTH_MIB} MiB/s, downtime "
+             f"budget {MAX_DOWNTIME_MS} ms; medians of {repeats} run(s); the matrix took {minutes:.1f} min. "
+             "x bound = time / one copy of memory at the cap; lost s = the guest's work lost to throttling and "
+             "page faults; stall ms = its longest pause; pc s = time in post-copy.", "",
+             "```text", table(runs), "```", ""]
+    if runs:
+        lines += ["```text", *goal_lines(targets(runs)), "```", ""]
+    if transport_runs:
+        lines += ["Transports: idle 1 GiB guest, no cap, the engine.", "", "```text", transport_table(transport_runs),
+                  "```", "", "```text", *goal_lines(transport_targets(transport_runs)), "```", ""]
+    if evacuation:
+        lines += [f"Evacuation: {EVACUATION_GUESTS} guests of 512 MiB (2,000 pages/s each) off hv1, {BANDWIDTH_MIB} "
+                  "MiB/s in all.", "", "```text", evacuation_table(evacuation), "```", ""]
+    return "\n".join(lines)
+
+
+def goal_lines(results):
+    return [f"{'PASS' if passed else 'FAIL'}  {text}: {number(measured)} (limit {number(limit)})"
+            for text, measured, limit, passed in results]
+
+
+def number(value):
+    return "-" if value is None else f"{value:.2f}" if value < 10 else f"{value:.1f}"  # noqa: PLR2004
+
+
+def write_results(runs, transport_runs, repeats, minutes, directory=RESULTS, evacuation=None):
+    """benchmarks/results/: convergence.md (the table and goals), convergence.json (every run), and the charts."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "convergence.md").write_text(markdown(runs, transport_runs, repeats, minutes, evacuation=evacuation))
+    save(runs, transport_runs, directory / "convergence.json", evacuation)
+    charts = importlib.import_module("convergence_chart")
+    for workload in ("heavy", "hot-set", "bursty"):
+        curves = {policy: attempts[-1].get("series") for (name, policy), attempts in runs.items()
+                  if name == workload and attempts[-1].get("series")}
+        if curves:
+            charts.draw_policies(curves, f"{workload}: memory left over time (last run of each policy)").savefig(
+                directory / f"remaining-{workload}.png")
+    lost = {key: summary(attempts)["lost_s"] for key, attempts in runs.items()}
+    if any(value is not None for value in lost.values()):
+        charts.draw_lost_work(lost).savefig(directory / "guest-work-lost.png")
+    print(f"bench: results in {directory}", file=sys.stderr)
+
+
+def save(runs, transport_runs, path=None, evacuation=None):
     """The raw results so far (after every run: a matrix cut short keeps what it measured)."""
-    Path(os.environ.get("KVMLM_BENCH_RESULT", "/var/tmp/kvmlm-convergence.json")).write_text(
+    Path(path or os.environ.get("KVMLM_BENCH_RESULT", "/var/tmp/kvmlm-convergence.json")).write_text(
         json.dumps({**{f"{w}/{p}": attempts for (w, p), attempts in runs.items()},
-                    **{f"idle-1g/{t}": run for t, run in transport_runs.items()}}, indent=1))
+                    **{f"idle-1g/{t}": run for t, run in transport_runs.items()},
+                    **{f"evacuation/{v}": result for v, result in (evacuation or {}).items()}}, indent=1))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", nargs=3, metavar=("POLICY", "NAME", "BOUND_S"))
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--policies", default="",
+                        help="policies for every workload (default: all, fewer where they do not differ)")
     parser.add_argument("--runs", type=int, default=RUNS, help="rounds of the matrix; the table shows medians")
     parser.add_argument("--transports", default=",".join(TRANSPORTS),
                         help="transport rows to run (tcp, tls, ssh, tls-pN); empty for none")
+    parser.add_argument("--no-evacuation", action="store_true", help="leave out the evacuation rows")
     args = parser.parse_args()
     if args.one:
         policy, name, bound_s = args.one
         run_one(policy, name, int(bound_s))
         return 0
     lists = [list(filter(None, value.split(","))) for value in (args.workloads, args.policies, args.transports)]
-    return main_matrix(*lists, args.runs)
+    return main_matrix(*lists, args.runs, evacuations=not args.no_evacuation)
 
 
 if __name__ == "__main__":

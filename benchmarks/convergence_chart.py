@@ -102,6 +102,39 @@ def _summary(migration):
     return ", ".join(parts)
 
 
+def draw_policies(curves, title):
+    """Memory left over time, one line per policy: {policy: [(s, MiB left)]} (the benchmark's sampler)."""
+    figure, axis = plt.subplots(figsize=(9, 4.8), dpi=110)
+    for policy, series in sorted(curves.items()):
+        seconds, left = zip(*series, strict=True)
+        axis.plot(seconds, left, label=policy, linewidth=1.8 if policy.startswith("ours") else 1.0)
+    axis.set_xlabel("time since the start (s)")
+    axis.set_ylabel("memory left to send (MiB), every 0.5 s")
+    axis.set_ylim(bottom=0)
+    axis.legend(fontsize=8, ncol=2)
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def draw_lost_work(lost):
+    """The guest's work lost per policy and workload: {(workload, policy): seconds or None}."""
+    workloads = sorted({workload for workload, _policy in lost})
+    policies = sorted({policy for _workload, policy in lost})
+    figure, axis = plt.subplots(figsize=(10, 4.8), dpi=110)
+    width = 0.8 / max(1, len(policies))
+    for index, policy in enumerate(policies):
+        values = [lost.get((workload, policy)) for workload in workloads]
+        axis.bar([position + index * width for position in range(len(workloads))],
+                 [value or 0 for value in values], width, label=policy)
+    axis.set_xticks([position + 0.4 - width / 2 for position in range(len(workloads))], workloads)
+    axis.set_ylabel("guest work lost (s of its own work; median)")
+    axis.set_title("What the guest paid: work lost to throttling and post-copy's page faults", fontsize=9)
+    axis.legend(fontsize=7, ncol=3)
+    figure.tight_layout()
+    return figure
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("result", type=Path, help="the module's result as JSON ({'migration': ...})")

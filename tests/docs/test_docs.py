@@ -142,6 +142,7 @@ def test_every_yaml_example_parses():
 def test_every_playbook_and_task_example_passes_the_syntax_check(installed_collection, tmp_path):
     runnable = [example for example in EXAMPLES if example.kind != "yaml"]
     assert len(runnable) >= 10, [example.source for example in EXAMPLES]  # the collector found the examples
+
     def check(example):
         return syntax_check(example, installed_collection, tmp_path)
 

@@ -136,3 +136,24 @@ def test_the_chart_counts_what_is_left_at_the_stop_not_the_last_polls_remainder(
     assert chart.left_mib(entry) == 320
     assert chart.fits_limit_mib(entry) == 32
     assert chart.sampled_passes([{**entry, "pass": 1, "ratio": None}, entry]) == [entry]
+
+
+def test_the_results_are_written_as_markdown_json_and_charts(tmp_path):
+    run = {"outcome": "completed", "time_ms": 9000, "downtime_ms": 30, "data_bytes": 600 * MIB, "passes": 4,
+           "pass1_bytes": 450 * MIB, "lost_s": 1.5, "stall_ms": 40, "actions": [], "intact": True,
+           "series": [(0.0, 500.0), (0.5, 470.0), (9.0, 3.0)]}
+    runs = {("heavy", "ours-ac"): [run], ("heavy", "libvirt-ac"): [{**run, "time_ms": 30000, "lost_s": 6.0}]}
+    convergence.write_results(runs, {}, repeats=1, minutes=2.0, directory=tmp_path)
+    text = (tmp_path / "convergence.md").read_text()
+    assert "# Convergence benchmark, " in text and "medians of 1 run(s)" in text
+    assert "heavy     ours-ac" in text and "PASS  heavy, ours-ac: time <= 0.4 x the best throttling anchor" in text
+    assert (tmp_path / "remaining-heavy.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "guest-work-lost.png").read_bytes().startswith(b"\x89PNG")
+    assert "heavy/ours-ac" in (tmp_path / "convergence.json").read_text()
+
+
+def test_the_default_matrix_runs_fewer_policies_where_they_do_not_differ():
+    assert set(convergence.DEFAULT_POLICIES["idle"]) < set(convergence.POLICIES)
+    assert {"ours-ac", "ours-pc"} <= set(convergence.DEFAULT_POLICIES["moderate-2g"])
+    assert {"bursty", "moderate-2g"} <= set(convergence.WORKLOADS)
+    assert "kvmlm.burst_ms=" in convergence.WORKLOADS["bursty"][4]

@@ -7,6 +7,8 @@
  *   kvmlm.rate=N        pages dirtied per second; 0 = idle, -1 = as fast as possible (default 0)
  *   kvmlm.tick_ms=N     interval between counter lines (default 200)
  *   kvmlm.sweep_ms=N    interval between two verifications of every stamped page (default 2000)
+ *   kvmlm.burst_ms=N    with kvmlm.quiet_ms: dirty at kvmlm.rate for N ms, then nothing for kvmlm.quiet_ms ms, over
+ *   kvmlm.quiet_ms=N    and over (a bursty writer; default 0: always at kvmlm.rate)
  *
  * It checks its own memory. Every page it owns carries a stamp at both ends: the page's index and a
  * generation that the guest also keeps in a table of its own. Each rewrite of a page first verifies
@@ -153,6 +155,8 @@ int main(void)
     long rate = param(cmdline, "kvmlm.rate=", 0);
     long tick_ms = param(cmdline, "kvmlm.tick_ms=", 200);
     long sweep_ms = param(cmdline, "kvmlm.sweep_ms=", 2000);
+    uint64_t burst_ns = (uint64_t)param(cmdline, "kvmlm.burst_ms=", 0) * 1000000ULL;
+    uint64_t quiet_ns = (uint64_t)param(cmdline, "kvmlm.quiet_ms=", 0) * 1000000ULL;
     size_t bytes = (size_t)(touch_mib > mib ? touch_mib : mib) << 20;
     size_t working_pages = ((size_t)mib << 20) / PAGE;
     uint64_t seed = now_ns() | 1;
@@ -177,7 +181,9 @@ int main(void)
     uint64_t next_tick = now_ns(), slice_end = now_ns(), next_sweep = now_ns() + (uint64_t)sweep_ms * 1000000ULL;
     long per_slice = rate > 0 ? (rate * SLICE_NS + 999999999L) / 1000000000L : 0;
     for (;;) {
-        if (rate != 0 && working_pages > 0) {
+        uint64_t cycle_at = burst_ns && quiet_ns ? (now_ns() - started) % (burst_ns + quiet_ns) : 0;
+        int quiet = cycle_at >= burst_ns && burst_ns && quiet_ns;
+        if (rate != 0 && working_pages > 0 && !quiet) {
             long batch = rate > 0 ? per_slice : 256;
             for (long i = 0; i < batch; i++, dirtied++)
                 rewrite(&pages, xorshift(&seed) % working_pages, &seed);
@@ -198,7 +204,12 @@ int main(void)
             if (next_tick < t)
                 next_tick = t + (uint64_t)tick_ms * 1000000ULL;
         }
-        if (rate > 0) {
+        if (quiet) { /* wait, idle, for the next line, sweep or burst */
+            uint64_t wake = now_ns() + (burst_ns + quiet_ns - cycle_at);
+            wake = next_tick < wake ? next_tick : wake;
+            sleep_until(next_sweep < wake ? next_sweep : wake);
+            slice_end = now_ns();
+        } else if (rate > 0) {
             slice_end += SLICE_NS;
             if (slice_end < t) /* fell behind (e.g. throttled): do not try to catch up */
                 slice_end = t + SLICE_NS;

@@ -341,13 +341,10 @@ def migrate_once(workload, policy, index, bound_s=None):
     lab("guest-start", "hv1", name, str(memory), str(working_set), str(rate), str(touch),
         env={**os.environ, "KVMLM_GUEST_CMDLINE": cmdline})
     time.sleep(3)  # let the workload reach its steady rate
-    collections = subprocess.run(["bash", str(REPO / "tests" / "lab" / "collection-path.sh")], check=True,
-                                 capture_output=True, text=True).stdout.strip()
     try:
         before = guest_ticks(name)
-        worker = subprocess.run(["bash", str(LAB_SH), "exec", "hv1", "env", f"PYTHONPATH={collections}",
-                                 str(VENV / "bin" / "python"), __file__, "--one", policy, name, str(bound_s)],
-                                capture_output=True, text=True, timeout=bound_s + 180, check=False)
+        worker = subprocess.run(worker_command(policy, name, bound_s), capture_output=True, text=True,
+                                timeout=bound_s + 180, check=False)
         if worker.returncode != 0:  # a broken run is a row that says so, not the end of the matrix
             return {"outcome": "worker failed", "error": worker.stderr.strip().splitlines()[-1:], "time_ms": 0}
         run = json.loads(worker.stdout.strip().splitlines()[-1])
@@ -359,6 +356,18 @@ def migrate_once(workload, policy, index, bound_s=None):
         return run
     finally:
         remove_guest(name)
+
+
+def collections_path():
+    """ANSIBLE_COLLECTIONS_PATH (and the worker's PYTHONPATH) in which kvm.live_migration is this checkout."""
+    return subprocess.run(["bash", str(REPO / "tests" / "lab" / "collection-path.sh")], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def worker_command(policy, name, bound_s):
+    """One migration of ``name`` by ``policy``, run inside hv1 (``--one``); it prints its outcome as JSON."""
+    return ["bash", str(LAB_SH), "exec", "hv1", "env", f"PYTHONPATH={collections_path()}", str(VENV / "bin" / "python"),
+            __file__, "--one", policy, name, str(bound_s)]
 
 
 def arrived_intact(name):
@@ -541,8 +550,6 @@ def start_guests(names):
 
 def evacuate_with_the_collection(concurrency, report_path):
     """playbooks/evacuate_host.yml on hv1, as an operator runs it; the wall-clock time and the per-guest report."""
-    collections = subprocess.run(["bash", str(REPO / "tests" / "lab" / "collection-path.sh")], check=True,
-                                 capture_output=True, text=True).stdout.strip()
     started = time.monotonic()
     run = subprocess.run([str(VENV / "bin" / "ansible-playbook"), "-i", lab("inventory").strip(),
                           str(REPO / "playbooks" / "evacuate_host.yml"), "-e", "target=hv1",
@@ -551,7 +558,7 @@ def evacuate_with_the_collection(concurrency, report_path):
                           "-e", f"evacuate_max_downtime_ms={MAX_DOWNTIME_MS}", "-e", "evacuate_progress_interval=0",
                           "-e", f"evacuate_report_path={report_path}"],
                          capture_output=True, text=True, check=False, timeout=1800,
-                         env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": collections})
+                         env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": collections_path()})
     total_ms = int((time.monotonic() - started) * 1000)
     report = json.loads(Path(report_path).read_text())["report"] if Path(report_path).exists() else []
     return {"outcome": "completed" if run.returncode == 0 else "failed", "total_ms": total_ms,
@@ -562,8 +569,7 @@ def evacuate_with_the_collection(concurrency, report_path):
 def evacuate_with_an_anchor_loop(anchor, names):
     started, guests, failed = time.monotonic(), {}, False
     for name in names:
-        worker = subprocess.run(["bash", str(LAB_SH), "exec", "hv1", str(VENV / "bin" / "python"), __file__, "--one",
-                                 anchor, name, str(DEFAULT_BOUND_S)], capture_output=True, text=True,
+        worker = subprocess.run(worker_command(anchor, name, DEFAULT_BOUND_S), capture_output=True, text=True,
                                 timeout=DEFAULT_BOUND_S + 180, check=False)
         run = json.loads(worker.stdout.strip().splitlines()[-1]) if worker.returncode == 0 else {"outcome": "failed"}
         failed |= run["outcome"] != "completed"

@@ -16,12 +16,17 @@ the ladder, as far as the user permits and QEMU/libvirt support:
    chance for a window (the data left fitting the downtime budget) until a budget ends.
 
 After each rung the policy waits ``stall_passes`` passes and records whether r fell. With post-copy
-permitted, a pass whose ratio is 1 or more (the guest dirties at least what the link carries, so
-pre-copy cannot shrink what is left) switches to post-copy at once. Whatever the rung, a migration
-whose data left at the start of a pass has reached no new low for ``progress_timeout_s`` is aborted
-(KubeVirt's progress timeout): the guest keeps running on the source. Before the migration, a
-measured dirty rate predicts whether pre-copy converges at the bandwidth and picks the starting
-strategy.
+permitted, a guest whose sampled dirty rate alone reaches the bandwidth (r >= 1 before the start:
+no pass could ever shrink what is left) starts in post-copy at once, which sends each page about
+once. Any other guest runs its first pass in pre-copy, at full speed on the source, where a failure
+leaves it; from the second pass on, a pass whose measured ratio makes pre-copy of what is left
+slower than post-copy of it (r >= 1 - 1 / 1.25, r measured both as the dirty rate's ratio and as
+what the pass left of what it began with) and whose data does not fit the downtime budget switches
+to post-copy. Only what the guest dirtied is then left for the window in which it runs on
+remote page faults (and a failure would lose it), and a measured pass decides, not one second of
+page sampling that may fall in a quiet spell. Whatever the rung, a migration whose data left at the
+start of a pass has reached no new low for ``progress_timeout_s`` is aborted (KubeVirt's progress
+timeout): the guest keeps running on the source.
 """
 
 from __future__ import annotations
@@ -59,9 +64,10 @@ PROGRESS_TIMEOUT_S = 150
 # ... where a new low must be this much below the old one: a stuck guest's passes jitter by a few % (measured on
 # the lab's heavy guest, whose strict new lows kept coming for 40 s and more).
 PROGRESS_DROP = 0.05
-# With post-copy permitted, start with it when pre-copy is predicted to take this much longer than
-# one copy of memory (post-copy sends each page about once).
+# With post-copy permitted, switch to it when pre-copy is expected to take this much longer than post-copy, which
+# sends each page left about once: from r = 1 - 1 / 1.25 = 0.2 up.
 POST_COPY_GAIN = 1.25
+POST_COPY_RATIO = 1 - 1 / POST_COPY_GAIN
 
 
 @dataclass(frozen=True)
@@ -175,10 +181,16 @@ def _start(policy, features, ratio, first_pass_s, precopy_s, unknown_why):
         return {**plan, "strategy": "precopy", "why": f"pre-copy converges (ratio {ratio:.2f} below the threshold "
                                                       f"{policy.threshold})"}
     estimate = "never" if precopy_s is None else f"in about {precopy_s:.0f} s"
-    if "post_copy" in rungs:
+    if "post_copy" in rungs and precopy_s is None:
         return {**plan, "strategy": "post_copy",
-                "why": f"pre-copy would finish {estimate} (ratio {ratio:.2f}); post-copy sends each page about once, "
-                       f"about {first_pass_s:.0f} s"}
+                "why": f"pre-copy would finish never (ratio {ratio:.2f}: the sampled rate alone reaches the "
+                       f"bandwidth); post-copy sends each page about once, about {first_pass_s:.0f} s"}
+    if "post_copy" in rungs:
+        return {**plan, "strategy": "precopy",
+                "why": f"pre-copy would finish {estimate} (ratio {ratio:.2f}); post-copy after the first pass "
+                       f"(about {first_pass_s:.0f} s, the guest at full speed on the source) if that pass measures "
+                       f"a ratio of {POST_COPY_RATIO:.1f} or more: only what the guest dirtied is then left for "
+                       "post-copy"}
     if "auto_converge" in rungs:
         return {**plan, "strategy": "auto_converge",
                 "why": f"pre-copy would finish {estimate} (ratio {ratio:.2f}); QEMU may throttle the guest "
@@ -262,7 +274,8 @@ def steer(steering, sample, policy):
     if steering.post_copy or steering.aborted or sample.iteration < 1:
         return Decision(steering)
     if steering.start_post_copy:
-        step = Step("post_copy", "the prediction chose post-copy: pre-copy would not finish in time")
+        step = Step("post_copy", "the prediction chose post-copy: the sampled dirty rate alone reaches the bandwidth, "
+                                 "so no pre-copy pass could shrink what is left")
         return _taken(replace(steering, start_post_copy=False), (step,), (), sample)
     steering = _note_throttle(steering, sample)
     if sample.iteration <= steering.last_pass:
@@ -280,8 +293,8 @@ def _steer_new_pass(steering, sample, policy):
     steering, verdicts = _judge(steering, sample, policy)
     if _no_progress(steering, sample, policy):
         return _taken(steering, (_progress_abort(steering, sample, policy),), verdicts, sample)
-    if _pre_copy_cannot_shrink(steering, sample, policy):
-        return _taken(steering, (_post_copy_now(steering, sample),), verdicts, sample)
+    if _post_copy_pays(steering, sample, policy):
+        return _taken(steering, (_post_copy_now(steering, sample, policy),), verdicts, sample)
     if steering.stalled_passes < policy.stall_passes and not _escalated(steering):
         return Decision(steering, verdicts=verdicts)
     steps = _fit_downtime(steering, sample, policy)
@@ -326,22 +339,50 @@ def _ratio_text(sample):
     return "unknown" if sample.ratio is None else f"{sample.ratio:.2f}"
 
 
-def _pre_copy_cannot_shrink(steering, sample, policy):
-    """A pass at ratio 1 or more cannot leave less than it found: with post-copy permitted, waiting for more such
-    passes only costs time (and, throttled, the guest's CPU)."""
-    ratio = sample.ratio
-    if ratio is None or ratio < 1 or "post_copy" not in steering.rungs or "post_copy" in steering.climbed:
+def _post_copy_pays(steering, sample, policy):
+    """After the first pass, with post-copy permitted: a measured ratio at which pre-copy of what is left takes
+    ``POST_COPY_GAIN`` times longer than post-copy of it (or never ends), and data that no stop within the budget
+    sends. Waiting for more passes would only cost time (and, throttled, the guest's CPU)."""
+    if "post_copy" not in steering.rungs or "post_copy" in steering.climbed:
+        return False
+    ratio = _pass_ratio(steering, sample)
+    if ratio is None or ratio < POST_COPY_RATIO:
         return False
     # Pass 1's peak is all of memory, not what is left.
     needed = needed_downtime_ms(sample, steering.last_pass_peak_bytes if sample.iteration > 2 else 0)  # noqa: PLR2004
     return needed is None or needed > policy.downtime_cap_ms
 
 
-def _post_copy_now(steering, sample):
-    left_mib = max(sample.remaining_bytes, steering.last_pass_peak_bytes) / MIB
-    return Step("post_copy", f"pass {sample.iteration - 1} measured ratio {sample.ratio:.2f} >= 1: the guest dirties "
-                             f"memory at least as fast as the link carries it, so pre-copy cannot shrink the "
-                             f"{left_mib:.0f} MiB left; post-copy sends them about once")
+def _shrink(steering, sample):
+    """The data left at this pass's start over the previous pass's: the ratio pre-copy actually achieved."""
+    if steering.last_pass_peak_bytes <= 0:
+        return None
+    return sample.remaining_bytes / steering.last_pass_peak_bytes
+
+
+def _pass_ratio(steering, sample):
+    """The larger of the dirty rate's ratio and the shrink. QEMU's dirty rate averages a pass: over a long pass it
+    understates a small hot set that the guest rewrites whole in every short pass after it, whose data left then
+    does not shrink at all."""
+    measured = [value for value in (sample.ratio, _shrink(steering, sample)) if value is not None]
+    return max(measured, default=None)
+
+
+def _post_copy_now(steering, sample, policy):
+    left_mib = sample.remaining_bytes / MIB
+    rate_mib = sample.transfer_rate_bps / MIB
+    ratio = _pass_ratio(steering, sample)
+    if ratio >= 1:
+        precopy = "pre-copy cannot shrink"
+    else:
+        precopy = (f"pre-copy would need about {left_mib / rate_mib / (1 - ratio):.0f} s for"
+                   if rate_mib else "pre-copy would be slow with")
+    post_copy = f" in about {left_mib / rate_mib:.0f} s" if rate_mib else ""
+    before_mib = steering.last_pass_peak_bytes / MIB
+    return Step("post_copy", f"pass {sample.iteration - 1} measured ratio {_ratio_text(sample)} and left "
+                             f"{left_mib:.0f} of the {before_mib:.0f} MiB it began with (post-copy from "
+                             f"{POST_COPY_RATIO:.2f}): {precopy} the {left_mib:.0f} MiB left, which no stop within "
+                             f"{policy.max_downtime_ms} ms sends; post-copy sends them about once{post_copy}")
 
 
 def _escalated(steering):

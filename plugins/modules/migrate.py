@@ -20,13 +20,17 @@ description:
     permitted and supported by both hosts, are raise the downtime limit to exactly what the remaining data needs
     (within O(max_downtime_ms)), auto-converge (QEMU throttles the guest's vCPUs), post-copy, and wait (with
     nothing permitted left, the strongest measures stay in force and each pass may still finish within the budget).
-  - With post-copy permitted, a pass whose ratio is 1 or more (pre-copy cannot shrink what is left) switches to
-    post-copy at once.
+  - With post-copy permitted, a guest whose dirty rate measured before the start alone reaches O(bandwidth) (no
+    pre-copy pass could shrink what is left) starts post-copy at once. Any other guest runs its first pass in
+    pre-copy, at full speed on the source; from the second pass on, a pass whose measured ratio is 0.2 or more
+    (pre-copy of what is left would take 1.25 times as long as post-copy of it; the larger of the dirty rate's
+    ratio and what the pass left of what it began with) and whose data no stop within O(max_downtime_ms) sends
+    switches to post-copy, before any throttle. Only what the guest dirtied is then left
+    for post-copy, the window in which a failure would lose the guest.
   - Aborts a pre-copy migration whose data left at the start of a pass reaches no new low for O(progress_timeout)
     seconds, the guest staying on the source.
   - Before moving, measures the guest's dirty rate (O(measure_dirty_rate)), predicts whether pre-copy converges at
-    O(bandwidth), and picks the starting strategy; with post-copy permitted a guest predicted not to converge, or to
-    take much longer than one copy of its memory, starts post-copy at once.
+    O(bandwidth), reports the expected strategy and sizes auto-converge's throttle from it.
   - Aborts the migration when it exceeds its time or data budget; an abort is bounded in time and the guest is
     left running on the source.
   - After every outcome it checks both hypervisors and reports which one runs the guest. It never leaves the guest

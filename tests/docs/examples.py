@@ -10,6 +10,7 @@ import ast
 import re
 import textwrap
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -27,7 +28,7 @@ class Example:
     source: str  # "docs/quickstart.md:42" or "plugins/modules/migrate.py EXAMPLES"
     text: str
 
-    @property
+    @cached_property
     def data(self):
         return yaml.safe_load(self.text)
 

@@ -358,8 +358,8 @@ def whats(result):
                      [("wait", 3, None, None)], [(100, 0)], 0, {"hv1": None, "hv2": "running"},
                      id="stalled-nothing-permitted-waits-and-a-window-completes"),
         pytest.param({"samples": STALLED}, {"allow_post_copy": True}, "completed", "post_copy",
-                     [("auto_converge", 3, 99, False), ("post_copy", 6, None, True)], [(100, 0)], 1,
-                     {"hv1": None, "hv2": "running"}, id="throttle-did-not-help-post-copy-completes"),
+                     [("post_copy", 2, None, True)], [(100, 0)], 1,
+                     {"hv1": None, "hv2": "running"}, id="post-copy-before-any-throttle-completes"),
         pytest.param({"samples": HOT}, {"allow_post_copy": True}, "completed", "post_copy",
                      [("post_copy", 2, None, True)], [(100, 0)], 1, {"hv1": None, "hv2": "running"},
                      id="first-pass-ratio-above-1-post-copy-at-once"),
@@ -373,6 +373,9 @@ def whats(result):
         pytest.param({"samples": STALLED, "dirty_rate_mib": 128}, {**CAPPED, "allow_post_copy": True}, "completed",
                      "post_copy", [("post_copy", 1, None, True)], [(100, 0)], 1, {"hv1": None, "hv2": "running"},
                      id="predicted-post-copy-from-the-start"),
+        pytest.param({"samples": STALLED, "dirty_rate_mib": 48}, {**CAPPED, "allow_post_copy": True}, "completed",
+                     "post_copy", [("post_copy", 2, None, True)], [(100, 0)], 1, {"hv1": None, "hv2": "running"},
+                     id="predicted-slow-post-copy-after-the-first-pass"),
         pytest.param({"samples": STALLED, "dirty_rate_mib": 128, "post_copy_refusals": 2},
                      {**CAPPED, "allow_post_copy": True}, "completed", "post_copy", [("post_copy", 3, None, True)],
                      [(100, 0)], 3, {"hv1": None, "hv2": "running"}, id="post-copy-switch-retried"),
@@ -705,12 +708,12 @@ def test_a_broken_post_copy_that_cannot_resume_fails_with_the_command_and_resume
 
 
 def test_post_copy_waits_in_precopy_when_the_destination_lacks_the_memory(cloud, hv1, hv2, clock):
-    hv2.memory_kib = {"total": 2 * GIB // 1024, "free": 512 * MIB // 1024, "buffers": 0, "cached": 0}
+    hv2.memory_kib = {"total": 2 * GIB // 1024, "free": 64 * MIB // 1024, "buffers": 0, "cached": 0}
     job = Migration(samples=STALLED, dirty_rate_mib=128)
     cloud.add_guest(hv1, "web01", migration=job)
     result = run(cloud, clock, allow_post_copy=True, **CAPPED)
     refused = [action for action in result.actions if action["what"] == "post_copy_refused"]
-    assert refused and refused[0]["why"].startswith("hv2 has 512 MiB available, post-copy needs ")
+    assert refused and refused[0]["why"].startswith("hv2 has 64 MiB available, post-copy needs ")
     assert "staying in pre-copy" in refused[0]["why"]
     assert (job.post_copy_calls, result.strategy) == (0, result.strategy)
     assert "post_copy" not in [action["what"] for action in result.actions]

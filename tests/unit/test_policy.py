@@ -110,9 +110,10 @@ NONE = Policy(allow_auto_converge=False)
         (4, 64, AUTO, Features(),
          {"ratio": 0.062, "converges": True, "strategy": "precopy", "first_pass_s": 8.0, "precopy_s": 8.5,
           "throttle_initial_pct": 98}),
-        # Moderate: converges, but post-copy saves 40 % of the time.
+        # Moderate: converges, but post-copy would save 40 % of the time: after the first pass, if it measures so.
         (26, 64, BOTH, Features(),
-         {"ratio": 0.406, "converges": True, "strategy": "post_copy", "precopy_s": 13.5}),
+         {"ratio": 0.406, "converges": True, "strategy": "precopy", "precopy_s": 13.5}),
+        (56, 64, BOTH, Features(), {"ratio": 0.875, "converges": False, "strategy": "precopy"}),
         (26, 64, AUTO, Features(), {"converges": True, "strategy": "precopy"}),
         (128, 64, BOTH, Features(),
          {"ratio": 2.0, "converges": False, "strategy": "post_copy", "precopy_s": None}),
@@ -126,7 +127,8 @@ NONE = Policy(allow_auto_converge=False)
         (None, 64, BOTH, Features(), {"ratio": None, "converges": None, "strategy": "precopy",
                                       "throttle_initial_pct": 98}),
     ],
-    ids=["idle", "moderate-post-copy", "moderate-auto-converge", "heavy-post-copy", "heavy-no-userfaultfd",
+    ids=["idle", "moderate-post-copy-after-the-first-pass", "stalling-post-copy-after-the-first-pass",
+         "moderate-auto-converge", "heavy-post-copy-at-once", "heavy-no-userfaultfd",
          "heavy-auto-converge", "heavy-nothing-permitted", "uncapped", "unmeasured"],
 )
 def test_predict(dirty_mib, bandwidth_mib, policy, features, expected):
@@ -229,11 +231,19 @@ THROTTLED = [at(1), at(2, 0.95, 300), at(3, 0.95, 300, throttle=60), at(4, 0.5, 
         pytest.param(STALLED, Policy(progress_timeout_s=5), Features(),
                      [(3, "auto_converge", None), (8, "abort", None)], {0: False},
                      id="no-progress-aborts-while-throttling"),
-        # With post-copy permitted, one pass at a ratio of 1 or more is enough, throttle or not.
+        # With post-copy permitted, the first pass measured at a ratio where post-copy pays is enough, throttle or
+        # not: from 0.2 (pre-copy 1.25 x slower than post-copy), below the threshold too.
         pytest.param([at(1), at(2, 1.2, 300), at(3, 1.2, 300)], BOTH, Features(), [(2, "post_copy", None)], {},
                      id="ratio-above-1-post-copy-at-once"),
-        pytest.param([at(1), at(2, 0.95, 300), at(3, 1.1, 300, throttle=60)], BOTH, Features(),
-                     [(3, "post_copy", None)], {}, id="ratio-above-1-while-throttled-post-copy-at-once"),
+        pytest.param([at(1), at(2, 0.5, 200), at(3, 0.5, 100)], BOTH, Features(), [(2, "post_copy", None)], {},
+                     id="moderate-ratio-post-copy-after-the-first-pass"),
+        pytest.param([at(1), at(2, 0.19, 60), at(3, 0.1, 5)], BOTH, Features(), [], {},
+                     id="ratio-and-shrink-below-0.2-pre-copy-finishes"),
+        # A small hot set: QEMU's rate over the long pass 1 says 0.05, but pass 2 left all 32 MiB it began with.
+        pytest.param([at(1), at(2, 0.05, 32), at(3, 0.05, 32)], BOTH, Features(), [(3, "post_copy", None)], {},
+                     id="data-left-does-not-shrink-post-copy"),
+        pytest.param([at(1), at(2, 0.1, 60), at(3, 1.1, 60, throttle=60)], BOTH, Features(),
+                     [(3, "post_copy", None)], {}, id="ratio-rises-while-throttled-post-copy-at-once"),
         pytest.param([at(1), at(2, 1.2, 10), at(3, 1.2, 10)], BOTH, Features(), [(3, "set_downtime", 200)], {},
                      id="ratio-above-1-but-what-is-left-fits-the-budget"),
         pytest.param([at(1), at(2, 1.2, 300), at(3, 1.2, 300)], AUTO, Features(), [(3, "auto_converge", None)], {},
@@ -241,12 +251,12 @@ THROTTLED = [at(1), at(2, 0.95, 300), at(3, 0.95, 300, throttle=60), at(4, 0.5, 
         # At its maximum from pass 4: two passes and 1.5 s there before the ladder climbs on.
         pytest.param(STALLED_THROTTLED, AUTO, Features(), [(3, "auto_converge", 50), (6, "wait", None)],
                      {0: False}, id="throttle-at-maximum-did-not-help-then-wait"),
-        pytest.param(STALLED_THROTTLED, BOTH, Features(), [(3, "auto_converge", 50), (6, "post_copy", None)],
-                     {0: False}, id="throttle-at-maximum-did-not-help-then-post-copy"),
+        pytest.param(STALLED_THROTTLED, BOTH, Features(), [(2, "post_copy", None)], {},
+                     id="post-copy-before-any-throttle"),
         # QEMU's throttle never rose: the ladder waits 8 passes for it, then climbs on.
         pytest.param(STALLED, AUTO, Features(), [(3, "auto_converge", None), (11, "wait", None)], {0: False},
                      id="throttle-never-rose-then-wait-at-deadline"),
-        pytest.param(STALLED, BOTH, Features(auto_converge=False), [(3, "post_copy", None)], {},
+        pytest.param(STALLED, BOTH, Features(auto_converge=False), [(2, "post_copy", None)], {},
                      id="no-auto-converge-support"),
         # At pass 5 only 15 MiB remain, but pass 4 held 100 MiB: the limit waits for pass 6 (15 MiB peak).
         pytest.param(THROTTLED, AUTO, Features(), [(3, "auto_converge", 60), (6, "set_downtime", 300)], {0: True},
@@ -293,6 +303,18 @@ def test_no_progress_abort_names_the_low_and_the_measures_in_force():
                              "(progress_timeout); ratio 0.95")
 
 
+def test_post_copy_waits_for_the_first_pass_and_says_why():
+    policy = BOTH
+    steering = Steering.start(policy, Features())
+    first = steer(steering, at(1), policy)
+    second = steer(first.steering, at(2, 0.5, 192), policy)
+    assert (first.steps, [step.what for step in second.steps], second.steering.strategy) == (
+        (), ["post_copy"], "post_copy")
+    assert second.steps[0].why == ("pass 1 measured ratio 0.50 and left 192 of the 400 MiB it began with (post-copy "
+                                   "from 0.20): pre-copy would need about 6 s for the 192 MiB left, which no stop "
+                                   "within 500 ms sends; post-copy sends them about once in about 3 s")
+
+
 def test_steer_starts_post_copy_at_the_first_sample_when_predicted():
     steps, verdicts, steering = run_steering([at(1), at(2, 2.0), at(3, 2.0), at(4, 2.0)], BOTH, Features(),
                                              strategy="post_copy")
@@ -302,6 +324,11 @@ def test_steer_starts_post_copy_at_the_first_sample_when_predicted():
 def test_steer_ignores_a_post_copy_strategy_that_is_not_usable():
     steps, _verdicts, steering = run_steering([at(1), at(2, 2.0)], AUTO, Features(), strategy="post_copy")
     assert (steps, steering.strategy) == ([], "precopy")
+
+
+def test_post_copy_not_usable_is_never_taken():
+    steps, _verdicts, steering = run_steering([at(1), at(2, 2.0), at(3, 2.0)], AUTO, Features())
+    assert ("post_copy" not in [what for _pass, what, _value in steps], steering.strategy) == (True, "precopy")
 
 
 def test_steer_acts_once_per_pass():

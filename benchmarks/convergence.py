@@ -67,16 +67,21 @@ WORKLOADS = {
     # the moderate writer in a 2 GiB guest: what size costs
     "moderate-2g": (2048, 1024, MODERATE_RATE, 1536, ""),
 }
-# The default matrix (about 25 minutes): where no policy has anything to steer (idle) or a row only shows
-# the cost of size (2 GiB), the policies that tell the story; elsewhere all of them.
+# The default matrix (25 minutes): every policy where all of them finish (moderate); elsewhere the policies that
+# decide a goal or tell the story. Left out by default, measured in the full matrix (--full) of 2026-12-03: KubeVirt
+# and Nova without post-copy never finish heavy or hot-set (libvirt's defaults, a ramp of 75 s per step), oVirt's
+# minimal schedule aborts heavy; on the bursty guest every pre-copy anchor took 20.7-21.2 s.
 DEFAULT_POLICIES = {
     "idle": ("libvirt-ac", "ours-ac", "ours-pc"),
-    "moderate-2g": ("libvirt-ac", "proxmox", "ovirt-pc", "ours-ac", "ours-pc"),
+    "heavy": ("libvirt-ac", "nova-pc", "ovirt-pc", "proxmox", "ours-ac", "ours-pc"),
+    "hot-set": ("libvirt-ac", "nova-pc", "ovirt-minimal", "ovirt-pc", "proxmox", "ours-ac", "ours-pc"),
+    "bursty": ("libvirt-ac", "nova-pc", "ovirt-pc", "ours-ac", "ours-pc"),
+    "moderate-2g": ("libvirt-ac", "nova-pc", "ours-ac", "ours-pc"),
 }
-# Runs that never converge are cut off here (aborted, guest stays on hv1): plain libvirt sooner, as it has no
-# policy that could still act.
-BOUND_S = {"libvirt": 60}
-DEFAULT_BOUND_S = 120
+# An anchor still running after ANCHOR_BOUND_S is cut off (aborted, guest stays on hv1) and its time counts as a
+# lower bound: "> 60 s" is enough to judge a goal of 0.4 x its time. The engine gets the time to finish.
+ANCHOR_BOUND_S = 60
+OURS_BOUND_S = 120
 POLICIES = (*anchors.ANCHORS, "ours-ac", "ours-pc")
 RUNS = 1
 RESULTS = REPO / "benchmarks" / "results"
@@ -176,15 +181,12 @@ def anchored(libvirt, name, anchor, bound_s):
     domain, watched = source.lookupByName(name), monitor.lookupByName(name)
     completion = []  # the JOB_COMPLETED event's statistics: after post-copy neither host keeps them
     events.watch_job_completed(watched, completion.append)
-    flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
-    flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE if anchor.auto_converge else 0
-    flags |= libvirt.VIR_MIGRATE_POSTCOPY if anchor.post_copy else 0
+    params, flags = anchor_call(libvirt, anchor)
     done, error, actions = threading.Event(), [], []
 
     def migrate():
         try:
-            domain.migrateToURI3(DEST_URI, {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: BANDWIDTH_MIB}, flags)
+            domain.migrateToURI3(DEST_URI, params, flags)
         except libvirt.libvirtError as failure:
             error.append(str(failure))
         finally:
@@ -226,6 +228,20 @@ def anchored(libvirt, name, anchor, bound_s):
     if error:
         return {"outcome": "failed", "error": error[0], "time_ms": wall_ms, "actions": actions}
     return _completed(completion, wall_ms, actions, post_copy_at)
+
+
+def anchor_call(libvirt, anchor):
+    """migrateToURI3's parameters and flags, armed as the anchor arms them."""
+    flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+    flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE if anchor.auto_converge else 0
+    flags |= libvirt.VIR_MIGRATE_POSTCOPY if anchor.post_copy else 0
+    # The cap stands for the link: post-copy gets it too, as the engine gives it (QEMU would otherwise run post-copy
+    # unlimited, at the lab's loopback speed of about 650 MiB/s, which no 64 MiB/s link carries).
+    params = {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: BANDWIDTH_MIB}
+    if anchor.post_copy:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = BANDWIDTH_MIB
+    return params, flags
 
 
 def _completed(completion, wall_ms, actions, post_copy_at):
@@ -337,10 +353,11 @@ def other_qemu_processes():
 def migrate_once(workload, policy, index, bound_s=None):
     name = f"bench{index}"
     memory, working_set, rate, touch, cmdline = TRANSPORT_WORKLOAD if workload == "idle-1g" else WORKLOADS[workload]
-    bound_s = bound_s or BOUND_S.get(policy, DEFAULT_BOUND_S) * max(1, memory // 512)
+    bound_s = bound_s or (OURS_BOUND_S if policy.startswith("ours") else ANCHOR_BOUND_S) * max(1, memory // 512)
     lab("guest-start", "hv1", name, str(memory), str(working_set), str(rate), str(touch),
         env={**os.environ, "KVMLM_GUEST_CMDLINE": cmdline})
     time.sleep(3)  # let the workload reach its steady rate
+    started = time.monotonic()
     try:
         before = guest_ticks(name)
         worker = subprocess.run(worker_command(policy, name, bound_s), capture_output=True, text=True,
@@ -353,6 +370,7 @@ def migrate_once(workload, policy, index, bound_s=None):
         else:
             time.sleep(2)  # ticks past the end of the window
         run.update(guest_cost(before, guest_ticks(name), run.get("time_ms") or 0))
+        run["wall_s"] = round(time.monotonic() - started, 1)  # the worker and the checks too: what the matrix pays
         return run
     finally:
         remove_guest(name)
@@ -501,16 +519,16 @@ def targets(runs):
                 results.append((f"{workload}, {ours_policy}: completes every run within {MAX_DOWNTIME_MS} ms, intact, "
                                 f"as {', '.join(doable)} did", float(passed), 1.0, passed))
     for workload in ("heavy", "hot-set"):
-        best = min(((rows[(workload, p)]["time_s"], p) for p in anchors.THROTTLING
-                    if (workload, p) in rows and rows[(workload, p)]["time_s"] is not None), default=None)
+        best = best_anchor(rows, workload, anchors.THROTTLING)
         ours = rows.get((workload, "ours-ac"))
         if best and ours:
+            best_s, name, label = best
             measured = ours["time_s"]
-            results.append((f"{workload}, ours-ac: time <= 0.4 x the best throttling anchor ({best[1]})", measured,
-                            0.4 * best[0], measured is not None and measured <= 0.4 * best[0]))
-            lost, anchor_lost = ours["lost_s"], rows[(workload, best[1])]["lost_s"]
+            results.append((f"{workload}, ours-ac: time <= 0.4 x the best throttling anchor ({label})", measured,
+                            0.4 * best_s, measured is not None and measured <= 0.4 * best_s))
+            lost, anchor_lost = ours["lost_s"], rows[(workload, name)]["lost_s"]
             if lost is not None and anchor_lost is not None:
-                results.append((f"{workload}, ours-ac: guest work lost <= {best[1]}'s (s)", lost, anchor_lost,
+                results.append((f"{workload}, ours-ac: guest work lost <= {label}'s (s)", lost, anchor_lost,
                                 lost <= anchor_lost))
     heavy = rows.get(("heavy", "ours-pc"))
     bound = lower_bound_s(runs, "heavy")
@@ -518,17 +536,38 @@ def targets(runs):
         results.append(("heavy, ours-pc: time <= 1.2 x the lower bound", heavy["time_s"], 1.2 * bound,
                         heavy["time_s"] is not None and heavy["time_s"] <= 1.2 * bound))
     moderate = rows.get(("moderate", "ours-pc"))
-    best = min(((rows[("moderate", p)]["time_s"], p) for p in anchors.ANCHORS
-                if ("moderate", p) in rows and rows[("moderate", p)]["time_s"] is not None), default=None)
+    best = best_anchor(rows, "moderate", anchors.ANCHORS)
     if moderate and best:
-        results.append((f"moderate, ours-pc: time <= 0.75 x the best anchor ({best[1]})", moderate["time_s"],
-                        0.75 * best[0], moderate["time_s"] is not None and moderate["time_s"] <= 0.75 * best[0]))
+        best_s, _name, label = best
+        bound = lower_bound_s(runs, "moderate")
+        below = (f"; the limit is below one copy of memory at the cap ({bound:.1f} s), which no policy beats"
+                 if bound and 0.75 * best_s < bound else "")
+        results.append((f"moderate, ours-pc: time <= 0.75 x the best anchor ({label}){below}", moderate["time_s"],
+                        0.75 * best_s, moderate["time_s"] is not None and moderate["time_s"] <= 0.75 * best_s))
     for workload in workloads:
         ours, ovirt = rows.get((workload, "ours-pc")), rows.get((workload, "ovirt-pc"))
         if ours and ovirt and ours["post_copy_s"] is not None and ovirt["post_copy_s"] is not None:
             results.append((f"{workload}, ours-pc: post-copy window <= ovirt-pc's (s)", ours["post_copy_s"],
                             ovirt["post_copy_s"], ours["post_copy_s"] <= ovirt["post_copy_s"]))
     return results
+
+
+def best_anchor(rows, workload, policies):
+    """(seconds, policy, label) of the fastest of ``policies`` on ``workload``. An anchor that every run outlived
+    the cut-off counts with the cut-off, a lower bound of its time (labelled "> N s")."""
+    times = []
+    for policy in policies:
+        row = rows.get((workload, policy))
+        if row is None:
+            continue
+        if row["time_s"] is not None:
+            times.append((row["time_s"], policy, policy))
+            continue
+        cut = [re.fullmatch(r"not done in (\d+) s", outcome) for outcome in row["outcomes"]]
+        if cut and all(cut):
+            seconds = min(int(match.group(1)) for match in cut)
+            times.append((seconds, policy, f"{policy}, cut off: > {seconds} s"))
+    return min(times, default=None)
 
 
 def transport_rows(transports, first_index):
@@ -569,8 +608,8 @@ def evacuate_with_the_collection(concurrency, report_path):
 def evacuate_with_an_anchor_loop(anchor, names):
     started, guests, failed = time.monotonic(), {}, False
     for name in names:
-        worker = subprocess.run(worker_command(anchor, name, DEFAULT_BOUND_S), capture_output=True, text=True,
-                                timeout=DEFAULT_BOUND_S + 180, check=False)
+        worker = subprocess.run(worker_command(anchor, name, OURS_BOUND_S), capture_output=True, text=True,
+                                timeout=OURS_BOUND_S + 180, check=False)
         run = json.loads(worker.stdout.strip().splitlines()[-1]) if worker.returncode == 0 else {"outcome": "failed"}
         failed |= run["outcome"] != "completed"
         guests[name] = {"status": "migrated" if run["outcome"] == "completed" else run["outcome"],
@@ -665,7 +704,12 @@ def report(results):
     return sum(not passed for *_rest, passed in results)
 
 
-def main_matrix(workloads, policies, transports, repeats, evacuations=True):
+def policies_for(workload, policies, full):
+    """The named policies, or every one (``full``), or the default matrix's for this workload."""
+    return policies or (POLICIES if full else DEFAULT_POLICIES.get(workload, POLICIES))
+
+
+def main_matrix(workloads, policies, transports, repeats, evacuations=False, full=False):
     if os.geteuid() != 0:
         sys.exit("run as root: the lab needs namespaces and libvirtd")
     if other_qemu_processes():
@@ -676,7 +720,7 @@ def main_matrix(workloads, policies, transports, repeats, evacuations=True):
     index = 1
     for repeat in range(repeats):  # rounds, not runs in a row: a slow minute of the machine hits every policy
         for workload in workloads:
-            for policy in policies or DEFAULT_POLICIES.get(workload, POLICIES):
+            for policy in policies_for(workload, policies, full):
                 print(f"bench: {workload} / {policy} ({repeat + 1}/{repeats}) ...", file=sys.stderr, flush=True)
                 runs.setdefault((workload, policy), []).append(migrate_once(workload, policy, index))
                 index += 1
@@ -784,14 +828,16 @@ def main():
     parser.add_argument("--runs", type=int, default=RUNS, help="rounds of the matrix; the table shows medians")
     parser.add_argument("--transports", default=",".join(TRANSPORTS),
                         help="transport rows to run (tcp, tls, ssh, tls-pN); empty for none")
-    parser.add_argument("--no-evacuation", action="store_true", help="leave out the evacuation rows")
+    parser.add_argument("--evacuation", action="store_true", help="add the evacuation rows (about 5 min)")
+    parser.add_argument("--full", action="store_true",
+                        help="every policy on every workload, and the evacuation rows (about 45 min)")
     args = parser.parse_args()
     if args.one:
         policy, name, bound_s = args.one
         run_one(policy, name, int(bound_s))
         return 0
     lists = [list(filter(None, value.split(","))) for value in (args.workloads, args.policies, args.transports)]
-    return main_matrix(*lists, args.runs, evacuations=not args.no_evacuation)
+    return main_matrix(*lists, args.runs, evacuations=args.evacuation or args.full, full=args.full)
 
 
 if __name__ == "__main__":

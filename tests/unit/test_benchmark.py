@@ -157,3 +157,29 @@ def test_the_default_matrix_runs_fewer_policies_where_they_do_not_differ():
     assert {"ours-ac", "ours-pc"} <= set(convergence.DEFAULT_POLICIES["moderate-2g"])
     assert {"bursty", "moderate-2g"} <= set(convergence.WORKLOADS)
     assert "kvmlm.burst_ms=" in convergence.WORKLOADS["bursty"][4]
+
+
+def test_an_anchor_cut_off_counts_with_its_cut_off_as_a_lower_bound():
+    done = {"outcome": "completed", "time_ms": 20000, "downtime_ms": 30, "pass1_bytes": 450 * MIB, "lost_s": 3.0,
+            "intact": True}
+    cut = {"outcome": "not done in 60 s", "time_ms": 60100, "lost_s": 9.0}
+    runs = {("heavy", "ours-ac"): [done], ("heavy", "libvirt-ac"): [cut], ("heavy", "proxmox"): [cut]}
+    goals = {text: passed for text, _measured, _limit, passed in convergence.targets(runs)}
+    assert goals["heavy, ours-ac: time <= 0.4 x the best throttling anchor (libvirt-ac, cut off: > 60 s)"] is True
+    assert goals["heavy, ours-ac: guest work lost <= libvirt-ac, cut off: > 60 s's (s)"] is True
+    runs[("heavy", "ours-ac")] = [{**done, "time_ms": 25000}]
+    goals = {text: passed for text, _measured, _limit, passed in convergence.targets(runs)}
+    assert goals["heavy, ours-ac: time <= 0.4 x the best throttling anchor (libvirt-ac, cut off: > 60 s)"] is False
+
+
+def test_a_goal_below_one_copy_of_memory_says_so():
+    run = {"outcome": "completed", "time_ms": 8400, "downtime_ms": 10, "pass1_bytes": 460 * MIB, "intact": True}
+    runs = {("moderate", "nova-pc"): [run], ("moderate", "ours-pc"): [{**run, "time_ms": 8000}]}
+    [goal] = [text for text, *_rest in convergence.targets(runs) if "0.75 x" in text]
+    assert goal.endswith("the limit is below one copy of memory at the cap (7.2 s), which no policy beats")
+
+
+def test_the_full_matrix_runs_every_policy_and_the_evacuation():
+    assert convergence.policies_for("heavy", [], full=True) == convergence.POLICIES
+    assert "kubevirt" not in convergence.policies_for("heavy", [], full=False)
+    assert convergence.policies_for("heavy", ["proxmox"], full=False) == ["proxmox"]

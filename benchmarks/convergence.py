@@ -709,7 +709,11 @@ def policies_for(workload, policies, full):
     return policies or (POLICIES if full else DEFAULT_POLICIES.get(workload, POLICIES))
 
 
-def main_matrix(workloads, policies, transports, repeats, evacuations=False, full=False):
+def main_matrix(args):
+    """The matrix the command line asks for: its table, goals and results; 1 when a goal failed."""
+    workloads, policies, transports = (list(filter(None, value.split(",")))
+                                       for value in (args.workloads, args.policies, args.transports))
+    repeats, full = args.runs, args.full
     if os.geteuid() != 0:
         sys.exit("run as root: the lab needs namespaces and libvirtd")
     if other_qemu_processes():
@@ -726,7 +730,7 @@ def main_matrix(workloads, policies, transports, repeats, evacuations=False, ful
                 index += 1
                 save(runs, {})
     transport_runs = transport_rows(transports, index)
-    evacuation = evacuation_rows(runs, index + len(transports)) if evacuations else {}
+    evacuation = evacuation_rows(runs, index + len(transports)) if args.evacuation or full else {}
     failed = 0
     if runs:
         print(f"512 MiB guests, hv1 -> hv2, {BANDWIDTH_MIB} MiB/s cap, downtime budget {MAX_DOWNTIME_MS} ms; medians "
@@ -749,7 +753,7 @@ def main_matrix(workloads, policies, transports, repeats, evacuations=False, ful
     minutes = (time.monotonic() - started) / 60
     print(f"\nbenchmark took {minutes:.1f} min")
     save(runs, transport_runs, evacuation=evacuation)
-    write_results(runs, transport_runs, repeats, minutes, evacuation=evacuation)
+    write_results(runs, transport_runs, repeats, minutes, directory=args.results, evacuation=evacuation)
     return 1 if failed else 0
 
 
@@ -828,6 +832,8 @@ def main():
     parser.add_argument("--runs", type=int, default=RUNS, help="rounds of the matrix; the table shows medians")
     parser.add_argument("--transports", default=",".join(TRANSPORTS),
                         help="transport rows to run (tcp, tls, ssh, tls-pN); empty for none")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where to write the table, the JSON and the charts (default: benchmarks/results)")
     parser.add_argument("--evacuation", action="store_true", help="add the evacuation rows (about 5 min)")
     parser.add_argument("--full", action="store_true",
                         help="every policy on every workload, and the evacuation rows (about 45 min)")
@@ -836,8 +842,7 @@ def main():
         policy, name, bound_s = args.one
         run_one(policy, name, int(bound_s))
         return 0
-    lists = [list(filter(None, value.split(","))) for value in (args.workloads, args.policies, args.transports)]
-    return main_matrix(*lists, args.runs, evacuations=args.evacuation or args.full, full=args.full)
+    return main_matrix(args)
 
 
 if __name__ == "__main__":

@@ -293,8 +293,9 @@ def _steer_new_pass(steering, sample, policy):
     steering, verdicts = _judge(steering, sample, policy)
     if _no_progress(steering, sample, policy):
         return _taken(steering, (_progress_abort(steering, sample, policy),), verdicts, sample)
-    if _post_copy_pays(steering, sample, policy):
-        return _taken(steering, (_post_copy_now(steering, sample, policy),), verdicts, sample)
+    ratio = _post_copy_pays(steering, sample, policy)
+    if ratio is not None:
+        return _taken(steering, (_post_copy_now(steering, sample, policy, ratio),), verdicts, sample)
     if steering.stalled_passes < policy.stall_passes and not _escalated(steering):
         return Decision(steering, verdicts=verdicts)
     steps = _fit_downtime(steering, sample, policy)
@@ -340,17 +341,18 @@ def _ratio_text(sample):
 
 
 def _post_copy_pays(steering, sample, policy):
-    """After the first pass, with post-copy permitted: a measured ratio at which pre-copy of what is left takes
-    ``POST_COPY_GAIN`` times longer than post-copy of it (or never ends), and data that no stop within the budget
-    sends. Waiting for more passes would only cost time (and, throttled, the guest's CPU)."""
+    """The pass's ratio when post-copy pays, else None. It pays after the first pass, with post-copy permitted, at a
+    measured ratio at which pre-copy of what is left takes ``POST_COPY_GAIN`` times longer than post-copy of it (or
+    never ends), with data that no stop within the budget sends. Waiting for more passes would only cost time (and,
+    throttled, the guest's CPU)."""
     if "post_copy" not in steering.rungs or "post_copy" in steering.climbed:
-        return False
+        return None
     ratio = _pass_ratio(steering, sample)
     if ratio is None or ratio < POST_COPY_RATIO:
-        return False
+        return None
     # Pass 1's peak is all of memory, not what is left.
     needed = needed_downtime_ms(sample, steering.last_pass_peak_bytes if sample.iteration > 2 else 0)  # noqa: PLR2004
-    return needed is None or needed > policy.downtime_cap_ms
+    return ratio if needed is None or needed > policy.downtime_cap_ms else None
 
 
 def _shrink(steering, sample):
@@ -368,10 +370,9 @@ def _pass_ratio(steering, sample):
     return max(measured, default=None)
 
 
-def _post_copy_now(steering, sample, policy):
+def _post_copy_now(steering, sample, policy, ratio):
     left_mib = sample.remaining_bytes / MIB
     rate_mib = sample.transfer_rate_bps / MIB
-    ratio = _pass_ratio(steering, sample)
     if ratio >= 1:
         precopy = "pre-copy cannot shrink"
     else:

@@ -183,3 +183,19 @@ def test_the_full_matrix_runs_every_policy_and_the_evacuation():
     assert convergence.policies_for("heavy", [], full=True) == convergence.POLICIES
     assert "kubevirt" not in convergence.policies_for("heavy", [], full=False)
     assert convergence.policies_for("heavy", ["proxmox"], full=False) == ["proxmox"]
+
+
+def test_the_throttle_goal_says_when_qemu_began_to_throttle():
+    run = {"outcome": "completed", "time_ms": 11000, "downtime_ms": 20, "pass1_bytes": 450 * MIB, "intact": True,
+           "throttle_after_pass1_s": 2.1}
+    later, earlier = {**run, "throttle_after_pass1_s": 2.4}, {**run, "throttle_after_pass1_s": 1.9}
+    runs = {("hot-set", "ours-ac"): [run, earlier, later],
+            ("hot-set", "libvirt-ac"): [{**run, "time_ms": 26000, "throttle_after_pass1_s": 9.0}]}
+    [goal] = [text for text, *_rest in convergence.targets(runs) if "0.4 x" in text]
+    assert goal.endswith("(libvirt-ac); QEMU's throttle began 2.1 s after pass 1")
+
+
+def test_the_throttle_delay_counts_from_the_end_of_pass_1():
+    assert convergence.seconds_after(8.2, 10.3) == 2.1
+    assert convergence.seconds_after(8.2, None) is None
+    assert convergence.seconds_after(None, 3.0) is None

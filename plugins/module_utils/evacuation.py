@@ -533,8 +533,10 @@ def refused_why(reasons):
 
 def migration_why(migration):
     downtime = migration.get("downtime_ms")
+    over = any(action["what"] == "downtime_over_budget" for action in migration.get("actions", []))
     return (f"{migration.get('strategy')} in {migration.get('total_time_ms')} ms, {migration.get('passes')} passes, "
-            f"downtime {'unknown' if downtime is None else f'{downtime} ms'}")
+            f"downtime {'unknown' if downtime is None else f'{downtime} ms'}"
+            f"{', over the downtime budget (downtime_over_budget)' if over else ''}")
 
 
 def failure_why(outcome, migration):

@@ -509,6 +509,8 @@ class MigrationRunner:
             stats = self._completed_stats(self.monitor) or self._completed_stats(self.source)
         self._apply_completed_stats(result, stats)
         self._fill_from_samples(result)
+        if completed:
+            self._note_downtime_over_budget(result)
         if not outcome.finished.is_set():
             # The job outlived its bounded abort: touch nothing, and name the host only if libvirt shows it.
             result.status = "failed"
@@ -521,6 +523,23 @@ class MigrationRunner:
             result.owner = self.ownership.settle(result, self.steering.post_copy)
         finally:
             result.hosts = dict(self.ownership.shown)
+
+    def _note_downtime_over_budget(self, result):
+        """Say so when the measured stop outlasted the budget. QEMU's limit covers the memory left; device state
+        and the hosts' hand-over come on top, and a busy host can stretch them past the reserve kept for them."""
+        budget_ms = self.request.max_downtime_ms
+        if result.downtime_ms is None or result.downtime_ms <= budget_ms:
+            return
+        handover = ""
+        if result.downtime_net_ms is not None and result.downtime_net_ms <= result.downtime_ms:
+            handover = f", {result.downtime_ms - result.downtime_net_ms} ms of it the hosts handing over control"
+        reserve_ms = budget_ms - self.policy.downtime_cap_ms
+        self._record("downtime_over_budget",
+                     f"the guest was paused {result.downtime_ms} ms{handover}, over max_downtime_ms={budget_ms}: "
+                     f"QEMU's limit at the stop was {self.steering.downtime_limit_ms} ms for the memory left, and "
+                     f"device state and the hand-over to the destination took more than the {reserve_ms} ms kept "
+                     "for them (a busy source or destination, CPU or libvirtd, stretches them); the migration "
+                     "completed", value=result.downtime_ms)
 
     def _fill_from_samples(self, result):
         """What the completed statistics did not give, from the samples; one timeline entry per pass."""

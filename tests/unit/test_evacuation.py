@@ -21,6 +21,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.evacuation impo
     Evacuation,
     EvacuationHooks,
     EvacuationRequest,
+    migration_why,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.preflight import Surroundings
 from ansible_collections.kvm.live_migration.plugins.module_utils.probes import PortProbe
@@ -339,3 +340,11 @@ def test_the_real_preflight_places_what_it_passes_and_refuses_a_missing_bridge(c
         "network: interface (bridge br9): hv2 has no bridge br9; QEMU could not attach the guest's interface there "
         "(fix: create bridge br9 (with the same uplink as on the source) on hv2, or choose a destination on the same "
         "networks)"]}
+
+
+def test_a_migrated_guest_whose_stop_outlasted_the_budget_says_so():
+    migration = {"strategy": "auto_converge", "total_time_ms": 44816, "passes": 7, "downtime_ms": 501,
+                 "actions": [{"what": "downtime_over_budget", "why": "the guest was paused 501 ms"}]}
+    assert migration_why(migration) == ("auto_converge in 44816 ms, 7 passes, downtime 501 ms, over the downtime "
+                                        "budget (downtime_over_budget)")
+    assert migration_why({**migration, "actions": []}).endswith("downtime 501 ms")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from ansible.module_utils import basic
 from conftest import DEST_URI
-from fake_libvirt import GIB, MIB, C, Migration, libvirtError, sample
+from fake_libvirt import GIB, MIB, C, Migration, completed_stats, libvirtError, sample
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import build_request
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import MigrationRequest
@@ -86,6 +87,21 @@ def test_main_completes(module, cloud):
     throttle = {"auto_converge.initial": 98, "auto_converge.increment": 1}
     assert (job.dconnuri, job.params) == (DEST_URI, {"bandwidth": 128, **throttle})
     assert [conn.closed for conn in cloud.connections] == [True, True, True]
+
+
+def test_main_warns_of_a_stop_longer_than_the_budget(module, cloud, monkeypatch):
+    warned = []
+    monkeypatch.setattr(basic.AnsibleModule, "warn", lambda _module, message: warned.append(message))
+    job = Migration(samples=[sample(1, remaining=GIB, processed=64 * MIB)],
+                    completed=completed_stats(downtime=620, downtime_net=120))
+    cloud.add_guest(cloud.hosts["qemu:///system"], "web01", migration=job)
+
+    outcome, returned = module({"name": "web01", "dest_host": "hv2", "poll_interval": 0.05, "max_downtime_ms": 500})
+
+    migration = returned["migration"]
+    assert (outcome, migration["status"], migration["downtime_ms"]) == ("exit", "completed", 620)
+    [over] = [action for action in migration["actions"] if action["what"] == "downtime_over_budget"]
+    assert warned == [over["why"]]
 
 
 @pytest.mark.parametrize(

@@ -3,23 +3,24 @@
 
 from __future__ import annotations
 
-import ast
+import importlib
 import re
+import sys
 from pathlib import Path
 
 import yaml
 from fake_libvirt import Migration
 from test_migration_runner import THROTTLED, run
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+examples = importlib.import_module("examples")  # the docs tests' reader of module strings, beside them
+
 MODULE_UTILS = Path(__file__).resolve().parents[2] / "plugins" / "module_utils"
 MIGRATE = MODULE_UTILS.parent / "modules" / "migrate.py"
 
 
 def returned_migration():
-    tree = ast.parse(MIGRATE.read_text())
-    (text,) = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
-               and getattr(node.targets[0], "id", None) == "RETURN"]
-    return yaml.safe_load(text)["migration"]["contains"]
+    return yaml.safe_load(examples.module_string(MIGRATE, "RETURN"))["migration"]["contains"]
 
 
 def test_every_key_of_the_result_is_documented(cloud, hv1, clock):

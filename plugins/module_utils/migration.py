@@ -42,7 +42,12 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.ownership impor
     Ownership,
     describe,
 )
-from ansible_collections.kvm.live_migration.plugins.module_utils.policy import Steering, predict, steer
+from ansible_collections.kvm.live_migration.plugins.module_utils.policy import (
+    Steering,
+    predict,
+    steer,
+    throttle_stop_ms,
+)
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import (
     default_timeout_s,
     migration_flags,
@@ -525,21 +530,25 @@ class MigrationRunner:
             result.hosts = dict(self.ownership.shown)
 
     def _note_downtime_over_budget(self, result):
-        """Say so when the measured stop outlasted the budget. QEMU's limit covers the memory left; device state
-        and the hosts' hand-over come on top, and a busy host can stretch them past the reserve kept for them."""
+        """Say so when the measured stop outlasted the budget, with what was measured around it. QEMU's limit
+        covers the memory left; stopping the vCPUs, device state and the hosts' hand-over come on top."""
         budget_ms = self.request.max_downtime_ms
         if result.downtime_ms is None or result.downtime_ms <= budget_ms:
             return
         handover = ""
         if result.downtime_net_ms is not None and result.downtime_net_ms <= result.downtime_ms:
             handover = f", {result.downtime_ms - result.downtime_net_ms} ms of it the hosts handing over control"
+        throttle = self.timeline.last.throttle_pct if self.timeline.last else 0
+        throttled = ""
+        if throttle:
+            throttled = (f"; QEMU's throttle was at {throttle} %, which holds a vCPU for "
+                         f"{throttle_stop_ms(throttle)} ms at a time")
         reserve_ms = budget_ms - self.policy.downtime_cap_ms
         self._record("downtime_over_budget",
                      f"the guest was paused {result.downtime_ms} ms{handover}, over max_downtime_ms={budget_ms}: "
                      f"QEMU's limit at the stop was {self.steering.downtime_limit_ms} ms for the memory left, and "
-                     f"device state and the hand-over to the destination took more than the {reserve_ms} ms kept "
-                     "for them (a busy source or destination, CPU or libvirtd, stretches them); the migration "
-                     "completed", value=result.downtime_ms)
+                     f"the rest of the stop took more than the {reserve_ms} ms kept for stopping the vCPUs, device "
+                     f"state and the hand-over{throttled}; the migration completed", value=result.downtime_ms)
 
     def _fill_from_samples(self, result):
         """What the completed statistics did not give, from the samples; one timeline entry per pass."""

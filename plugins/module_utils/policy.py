@@ -128,6 +128,11 @@ def is_stalled(sample, policy):
 # -- prediction before the start ----------------------------------------------------------------
 
 
+def throttle_stop_ms(throttle_pct):
+    """How long QEMU's throttle at ``throttle_pct`` stops a vCPU after each 10 ms it lets it run."""
+    return round(throttle_pct / (100 - throttle_pct) * THROTTLE_SLICE_MS)
+
+
 def throttle_plan(ratio, policy):
     """(initial %, step %) of auto-converge's throttle.
 

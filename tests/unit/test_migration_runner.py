@@ -862,9 +862,23 @@ def test_a_stop_longer_than_the_budget_is_recorded_with_the_hand_over(cloud, hv1
     assert (result.status, result.owner, result.downtime_ms) == ("completed", "hv2", 620)
     [action] = [action for action in result.actions if action["what"] == "downtime_over_budget"]
     assert action["value"] == 620
-    assert action["why"].startswith("the guest was paused 620 ms, 500 ms of it the hosts handing over control, over "
-                                    "max_downtime_ms=500: QEMU's limit at the stop was 100 ms for the memory left, "
-                                    "and device state and the hand-over to the destination took more than the 75 ms")
+    assert action["why"] == ("the guest was paused 620 ms, 500 ms of it the hosts handing over control, over "
+                             "max_downtime_ms=500: QEMU's limit at the stop was 100 ms for the memory left, and the "
+                             "rest of the stop took more than the 75 ms kept for stopping the vCPUs, device state and "
+                             "the hand-over; the migration completed")
+
+
+def test_a_stop_over_the_budget_names_the_throttle_in_force(cloud, hv1, clock):
+    samples = [sample(1, remaining=900 * MIB, processed=124 * MIB),
+               sample(3, remaining=20 * MIB, processed=1100 * MIB, throttle=98)]
+    job = Migration(samples=samples, completed=completed_stats(downtime=501, downtime_net=497))
+    cloud.add_guest(hv1, "web01", migration=job)
+
+    result = run(cloud, clock, max_downtime_ms=500)
+
+    [action] = [action for action in result.actions if action["what"] == "downtime_over_budget"]
+    assert action["why"].endswith("the hand-over; QEMU's throttle was at 98 %, which holds a vCPU for 490 ms at a "
+                                  "time; the migration completed")
 
 
 @pytest.mark.parametrize(("downtime", "downtime_net"), [(500, 470), (480, None)],

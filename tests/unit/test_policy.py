@@ -13,6 +13,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.policy import (
     predict,
     steer,
     throttle_plan,
+    throttle_stop_ms,
 )
 
 MIB = 1024 * 1024
@@ -346,3 +347,8 @@ def test_strategy_reports_a_throttle_qemu_applied():
 def test_steering_raises_the_limit_it_reports():
     _steps, _verdicts, steering = run_steering(THROTTLED, AUTO, Features())
     assert steering.downtime_limit_ms == 300
+
+
+@pytest.mark.parametrize(("throttle_pct", "stop_ms"), [(20, 2), (50, 10), (90, 90), (98, 490), (99, 990)])
+def test_the_throttle_stops_a_vcpu_after_each_10_ms_it_runs(throttle_pct, stop_ms):
+    assert throttle_stop_ms(throttle_pct) == stop_ms

@@ -40,10 +40,12 @@ options:
       - Permit auto-converge, QEMU's throttling of the guest's vCPUs while it dirties memory faster than it is sent.
       - libvirt cannot enable it after the start, so it is armed from the start. QEMU throttles only a guest that
         dirties more than half of what is sent, in two one-second looks in a row.
-      - The throttle starts at the strongest level whose vCPU stops fit O(max_downtime_ms), or higher if the
-        measured dirty rate needs it, then steps to 99 %. At throttle t QEMU stops a vCPU for t / (1 - t) x 10 ms
-        after each 10 ms of running, so a 500 ms budget gives 98 %. A short strong throttle costs the guest less
-        than libvirt's default of 20 % + 10 % per step.
+      - At throttle t QEMU stops a vCPU for t / (1 - t) x 10 ms after each 10 ms of running, and under TCG the
+        switch-over can include one such hold. So the throttle starts at the strongest level whose hold fits beside
+        the starting downtime limit within O(max_downtime_ms) less its reserve (a 500 ms budget gives 97 %, holds of
+        323 ms), or higher if the measured dirty rate needs it, then steps to 99 %. While QEMU throttles, the
+        downtime limit leaves room for one hold. A short strong throttle costs the guest less than libvirt's default
+        of 20 % + 10 % per step.
     type: bool
     default: true
   allow_post_copy:

@@ -542,7 +542,7 @@ class MigrationRunner:
         throttled = ""
         if throttle:
             throttled = (f"; QEMU's throttle was at {throttle} %, which holds a vCPU for "
-                         f"{throttle_stop_ms(throttle)} ms at a time")
+                         f"{throttle_stop_ms(throttle)} ms at a time, and a stop can include one hold")
         reserve_ms = budget_ms - self.policy.downtime_cap_ms
         self._record("downtime_over_budget",
                      f"the guest was paused {result.downtime_ms} ms{handover}, over max_downtime_ms={budget_ms}: "

@@ -141,16 +141,31 @@ def throttle_plan(ratio, policy):
     cannot see a page rewritten within its second, had measured it too low. A short strong throttle
     costs such a guest less CPU time than libvirt's 20 % + 10 % per step, which takes a minute to
     bite. How strong is bounded by the pause budget: at t, QEMU lets a vCPU run 10 ms, then stops
-    it for t / (1 - t) x 10 ms. So the throttle starts at the strongest t whose stops fit
-    ``max_downtime_ms``, or at what the measured ratio needs (aiming at half the threshold) if
+    it for t / (1 - t) x 10 ms, and a stop can include one such hold (see ``limit_room_ms``). So
+    the throttle starts at the strongest t whose hold fits beside the starting downtime limit
+    within ``downtime_cap_ms`` (or within the reserve, if that is more: a small budget keeps a
+    throttle that bites), or at what the measured ratio needs (aiming at half the threshold) if
     that is more; its one step of 1 % goes to QEMU's maximum.
     """
-    budget_pct = math.floor(100 * policy.max_downtime_ms / (policy.max_downtime_ms + THROTTLE_SLICE_MS))
+    reserve_ms = policy.max_downtime_ms - policy.downtime_cap_ms
+    hold_room_ms = max(policy.downtime_cap_ms - policy.initial_downtime_ms, reserve_ms, 0)
+    bound_pct = math.floor(100 * hold_room_ms / (hold_room_ms + THROTTLE_SLICE_MS))
     needed_pct = 0
     if ratio:
         needed_pct = math.ceil(100 * (1 - policy.threshold * THROTTLE_TARGET_FRACTION / ratio))
-    initial = min(MAX_THROTTLE_PCT, max(MIN_THROTTLE_PCT, budget_pct, needed_pct))
+    initial = min(MAX_THROTTLE_PCT, max(MIN_THROTTLE_PCT, bound_pct, needed_pct))
     return initial, max(1, min(THROTTLE_STEP_PCT, MAX_THROTTLE_PCT - initial))
+
+
+def limit_room_ms(policy, throttle_pct):
+    """The highest downtime limit that leaves room for QEMU's throttle hold within ``downtime_cap_ms``.
+
+    Under TCG, QEMU's last dirty-bitmap sync, inside the stop, waits for every vCPU to finish the work
+    queued on it; a throttle hold queued just before the stop then runs to its end within the stop
+    (measured: stops of 501 and 503 ms, one 490 ms hold at 98 % and a stop of 11-13 ms).
+    """
+    hold_ms = throttle_stop_ms(throttle_pct) if throttle_pct else 0
+    return policy.downtime_cap_ms - hold_ms
 
 
 def predict(dirty_rate_bps, memory_bytes, bandwidth_bps, policy, features):
@@ -301,6 +316,9 @@ def _steer_new_pass(steering, sample, policy):
     ratio = _post_copy_pays(steering, sample, policy)
     if ratio is not None:
         return _taken(steering, (_post_copy_now(steering, sample, policy, ratio),), verdicts, sample)
+    lowered = _room_for_the_throttle(steering, sample, policy)
+    if lowered:
+        return _taken(steering, lowered, verdicts, sample)
     if steering.stalled_passes < policy.stall_passes and not _escalated(steering):
         return Decision(steering, verdicts=verdicts)
     steps = _fit_downtime(steering, sample, policy)
@@ -357,7 +375,7 @@ def _post_copy_pays(steering, sample, policy):
         return None
     # Pass 1's peak is all of memory, not what is left.
     needed = needed_downtime_ms(sample, steering.last_pass_peak_bytes if sample.iteration > 2 else 0)  # noqa: PLR2004
-    return ratio if needed is None or needed > policy.downtime_cap_ms else None
+    return ratio if needed is None or needed > limit_room_ms(policy, sample.throttle_pct) else None
 
 
 def _shrink(steering, sample):
@@ -412,10 +430,28 @@ def _helped(item, ratio):
     return ratio is not None and item.ratio is not None and ratio < item.ratio * (1 - HELPED_RATIO_DROP)
 
 
+def _room_for_the_throttle(steering, sample, policy):
+    """Lower a limit raised before QEMU's throttle began, so that a stop that includes one hold stays within the
+    budget; never below the starting limit."""
+    room_ms = limit_room_ms(policy, sample.throttle_pct)
+    lowest_ms = max(policy.initial_downtime_ms, DOWNTIME_STEP_MS * (room_ms // DOWNTIME_STEP_MS))
+    if steering.downtime_limit_ms <= lowest_ms:
+        return ()
+    hold = (f"QEMU's throttle at {sample.throttle_pct} % holds a vCPU {throttle_stop_ms(sample.throttle_pct)} ms at "
+            "a time and a stop can include one hold")
+    if room_ms >= policy.initial_downtime_ms:
+        why = f"{hold}: a {lowest_ms} ms limit keeps such a stop within the budget ({policy.max_downtime_ms} ms)"
+    else:
+        why = (f"{hold}, which alone leaves no room within the budget ({policy.max_downtime_ms} ms): back to the "
+               f"starting limit of {lowest_ms} ms")
+    return (Step("set_downtime", why, value=lowest_ms, judge=False),)
+
+
 def _fit_downtime(steering, sample, policy):
-    """Raise the limit to exactly what the remaining data needs, when that fits the budget."""
+    """Raise the limit to exactly what the remaining data needs, when that fits the budget beside the throttle's
+    hold."""
     needed = needed_downtime_ms(sample, steering.last_pass_peak_bytes)
-    if needed is None or needed <= steering.downtime_limit_ms or needed > policy.downtime_cap_ms:
+    if needed is None or needed <= steering.downtime_limit_ms or needed > limit_room_ms(policy, sample.throttle_pct):
         return ()
     remaining_mib = max(sample.remaining_bytes, steering.last_pass_peak_bytes) / MIB
     rate_mib = sample.transfer_rate_bps / MIB

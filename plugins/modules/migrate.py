@@ -105,9 +105,10 @@ attributes:
     support: none
 notes:
   - The result's O(max_downtime_ms) budget applies to the switch-over; QEMU measures the real downtime, reported as
-    RV(migration.downtime_ms). A stop that outlasted the budget (device state and the hosts' hand-over come on top
-    of the memory QEMU's limit covers, and a busy host stretches them) is recorded as V(downtime_over_budget) and
-    warned about.
+    RV(migration.downtime_ms). Stopping the vCPUs, device state and the hosts' hand-over come on top of the memory
+    QEMU's limit covers, and under TCG a stop can include one hold of QEMU's throttle; the engine keeps room for them
+    within the budget. A stop that still outlasted it is recorded as V(downtime_over_budget), with what was measured,
+    and warned about.
 seealso:
   - name: libvirt migration guide
     description: Transports, URIs and flags of libvirt live migration.

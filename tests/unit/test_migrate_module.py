@@ -84,7 +84,7 @@ def test_main_completes(module, cloud):
     # One entry per pass: pass 1 was sampled; passes 2-4 (the completed statistics count 4) went by unseen.
     assert [(entry["pass"], entry["sampled"]) for entry in migration["timeline"]] == [
         (1, True), (2, False), (3, False), (4, False)]
-    throttle = {"auto_converge.initial": 98, "auto_converge.increment": 1}
+    throttle = {"auto_converge.initial": 97, "auto_converge.increment": 1}
     assert (job.dconnuri, job.params) == (DEST_URI, {"bandwidth": 128, **throttle})
     assert [conn.closed for conn in cloud.connections] == [True, True, True]
 

@@ -16,10 +16,10 @@ DEFAULT_FLAGS = (C.VIR_MIGRATE_LIVE | C.VIR_MIGRATE_PEER2PEER | C.VIR_MIGRATE_AB
                  | C.VIR_MIGRATE_PERSIST_DEST | C.VIR_MIGRATE_UNDEFINE_SOURCE | C.VIR_MIGRATE_TLS
                  | C.VIR_MIGRATE_AUTO_CONVERGE)
 # Without a bandwidth cap nothing predicts the ratio: auto-converge is armed with the unmeasured plan.
-DEFAULT_PARAMS = {"auto_converge.initial": 98, "auto_converge.increment": 1}
+DEFAULT_PARAMS = {"auto_converge.initial": 97, "auto_converge.increment": 1}
 UNCAPPED_PREDICTION = {
     "dirty_rate_bps": 8 * MIB, "bandwidth_bps": None, "ratio": None, "first_pass_s": None, "precopy_s": None,
-    "converges": None, "strategy": "precopy", "throttle_initial_pct": 98, "throttle_step_pct": 1,
+    "converges": None, "strategy": "precopy", "throttle_initial_pct": 97, "throttle_step_pct": 1,
     "why": "no bandwidth cap: the link's speed is unknown until the first pass; starting with pre-copy",
     "measure_time_ms": 1000}
 
@@ -199,7 +199,7 @@ def test_run(cloud, hv1, clock, script, changes, expected, placement, abort_call
         # An 80 ms budget: a throttle of 88 % stops the vCPU for 73 ms after each 10 ms slice.
         ({"transport": "ssh", "bandwidth_mib": 256, "max_downtime_ms": 80},
          DEFAULT_FLAGS & ~C.VIR_MIGRATE_TLS | C.VIR_MIGRATE_TUNNELLED,
-         {"bandwidth": 256, "auto_converge.initial": 88, "auto_converge.increment": 1}, [(30, 0)], True),
+         {"bandwidth": 256, "auto_converge.initial": 83, "auto_converge.increment": 1}, [(30, 0)], True),
         ({"transport": "tcp", "allow_insecure": True, "persistent": False, "migrate_uri": "tcp://192.0.2.2",
           "listen_address": "192.0.2.2", "allow_auto_converge": False},
          DEFAULT_FLAGS & ~C.VIR_MIGRATE_TLS & ~C.VIR_MIGRATE_PERSIST_DEST & ~C.VIR_MIGRATE_AUTO_CONVERGE,
@@ -209,7 +209,7 @@ def test_run(cloud, hv1, clock, script, changes, expected, placement, abort_call
           "copy_storage": "all", "migrate_disks": ("vda",), "bandwidth_mib": 512},
          DEFAULT_FLAGS | C.VIR_MIGRATE_POSTCOPY | C.VIR_MIGRATE_PARALLEL | C.VIR_MIGRATE_COMPRESSED
          | C.VIR_MIGRATE_NON_SHARED_DISK,
-         {"bandwidth": 512, "bandwidth.postcopy": 512, "auto_converge.initial": 98, "auto_converge.increment": 1,
+         {"bandwidth": 512, "bandwidth.postcopy": 512, "auto_converge.initial": 97, "auto_converge.increment": 1,
           "parallel.connections": 4, "compression": ["xbzrle", "mt"], "migrate_disks": ["vda"]},
          [(100, 0)], True),
         ({"copy_storage": "incremental", "measure_dirty_rate": False},
@@ -878,7 +878,7 @@ def test_a_stop_over_the_budget_names_the_throttle_in_force(cloud, hv1, clock):
 
     [action] = [action for action in result.actions if action["what"] == "downtime_over_budget"]
     assert action["why"].endswith("the hand-over; QEMU's throttle was at 98 %, which holds a vCPU for 490 ms at a "
-                                  "time; the migration completed")
+                                  "time, and a stop can include one hold; the migration completed")
 
 
 @pytest.mark.parametrize(("downtime", "downtime_net"), [(500, 470), (480, None)],

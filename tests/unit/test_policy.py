@@ -9,6 +9,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import
 from ansible_collections.kvm.live_migration.plugins.module_utils.policy import (
     Policy,
     Steering,
+    limit_room_ms,
     needed_downtime_ms,
     predict,
     steer,
@@ -85,13 +86,14 @@ def test_needed_downtime_counts_the_previous_pass_peak():
 @pytest.mark.parametrize(
     ("ratio", "budget_ms", "plan"),
     [
-        (None, 500, (98, 1)),  # 98 %: stops of 490 ms after each 10 ms slice, within the 500 ms budget
-        (0.1, 500, (98, 1)),
-        (2.0, 500, (98, 1)),
-        (None, 100, (90, 1)),  # stops of 90 ms
-        (2.0, 100, (90, 1)),
+        # 97 %: holds of 323 ms, which fit beside the starting limit of 100 ms within the cap of 425 ms
+        (None, 500, (97, 1)),
+        (0.1, 500, (97, 1)),
+        (2.0, 500, (97, 1)),
+        (None, 100, (83, 1)),  # no room beside the starting limit: holds of 49 ms, within the 50 ms reserve
+        (2.0, 100, (83, 1)),
         (10.0, 100, (96, 1)),  # the measured ratio needs more than the budget's throttle
-        (None, 300, (96, 1)),
+        (None, 300, (93, 1)),
         (None, 2000, (99, 1)),  # QEMU's maximum
         (None, 1, (20, 1)),
     ],
@@ -110,7 +112,7 @@ NONE = Policy(allow_auto_converge=False)
     [
         (4, 64, AUTO, Features(),
          {"ratio": 0.062, "converges": True, "strategy": "precopy", "first_pass_s": 8.0, "precopy_s": 8.5,
-          "throttle_initial_pct": 98}),
+          "throttle_initial_pct": 97}),
         # Moderate: converges, but post-copy would save 40 % of the time: after the first pass, if it measures so.
         (26, 64, BOTH, Features(),
          {"ratio": 0.406, "converges": True, "strategy": "precopy", "precopy_s": 13.5}),
@@ -119,14 +121,14 @@ NONE = Policy(allow_auto_converge=False)
         (128, 64, BOTH, Features(),
          {"ratio": 2.0, "converges": False, "strategy": "post_copy", "precopy_s": None}),
         (128, 64, BOTH, Features().without("post_copy", "no userfaultfd"),
-         {"strategy": "auto_converge", "throttle_initial_pct": 98, "throttle_step_pct": 1}),
+         {"strategy": "auto_converge", "throttle_initial_pct": 97, "throttle_step_pct": 1}),
         (56, 64, AUTO, Features(), {"ratio": 0.875, "converges": False, "strategy": "auto_converge",
-                                    "throttle_initial_pct": 98, "throttle_step_pct": 1}),
+                                    "throttle_initial_pct": 97, "throttle_step_pct": 1}),
         (128, 64, NONE, Features(),
          {"strategy": "precopy", "converges": False, "throttle_initial_pct": None, "throttle_step_pct": None}),
         (128, 0, BOTH, Features(), {"ratio": None, "converges": None, "strategy": "precopy", "bandwidth_bps": None}),
         (None, 64, BOTH, Features(), {"ratio": None, "converges": None, "strategy": "precopy",
-                                      "throttle_initial_pct": 98}),
+                                      "throttle_initial_pct": 97}),
     ],
     ids=["idle", "moderate-post-copy-after-the-first-pass", "stalling-post-copy-after-the-first-pass",
          "moderate-auto-converge", "heavy-post-copy-at-once", "heavy-no-userfaultfd",
@@ -262,6 +264,15 @@ THROTTLED = [at(1), at(2, 0.95, 300), at(3, 0.95, 300, throttle=60), at(4, 0.5, 
         # At pass 5 only 15 MiB remain, but pass 4 held 100 MiB: the limit waits for pass 6 (15 MiB peak).
         pytest.param(THROTTLED, AUTO, Features(), [(3, "auto_converge", 60), (6, "set_downtime", 300)], {0: True},
                      id="throttle-helped-then-downtime-fits"),
+        # A stop can include one throttle hold: a limit raised before QEMU throttled at 97 % (323 ms holds) goes back
+        # to what leaves room for one (the cap of 425 ms less 323 ms: 102 ms, no lower than the starting 100 ms) ...
+        pytest.param([at(1), at(2, 0.9, 10), at(3, 0.9, 10), at(4, 0.9, 10, throttle=97)], AUTO, Features(),
+                     [(3, "set_downtime", 200), (4, "set_downtime", 100)], {}, id="throttle-began-limit-lowered"),
+        # ... and no limit is raised past that room while it throttles: the ladder climbs instead.
+        pytest.param([at(1), at(2, 0.9, 10, throttle=97), at(3, 0.9, 10, throttle=97)], AUTO, Features(),
+                     [(3, "auto_converge", 97)], {}, id="throttled-limit-not-raised-past-the-hold"),
+        pytest.param([at(1), at(2, 0.9, 10, throttle=60), at(3, 0.9, 10, throttle=60)], AUTO, Features(),
+                     [(3, "set_downtime", 200)], {}, id="a-light-throttle-leaves-room-for-the-limit"),
         pytest.param([at(1), at(2, 0.9), at(3, 0.5), at(4, 0.9), at(5, 0.5)], NONE, Features(), [], {},
                      id="stall-counter-resets"),
         pytest.param(STALLED[:8], Policy(stall_passes=4, allow_auto_converge=False), Features(), [(5, "wait", None)],
@@ -352,3 +363,24 @@ def test_steering_raises_the_limit_it_reports():
 @pytest.mark.parametrize(("throttle_pct", "stop_ms"), [(20, 2), (50, 10), (90, 90), (98, 490), (99, 990)])
 def test_the_throttle_stops_a_vcpu_after_each_10_ms_it_runs(throttle_pct, stop_ms):
     assert throttle_stop_ms(throttle_pct) == stop_ms
+
+
+@pytest.mark.parametrize(("throttle_pct", "room_ms"), [(0, 425), (80, 385), (97, 102), (99, -565)])
+def test_the_limit_leaves_room_for_one_throttle_hold_within_the_cap(throttle_pct, room_ms):
+    assert limit_room_ms(Policy(), throttle_pct) == room_ms
+
+
+def test_a_hold_longer_than_the_cap_sends_the_limit_back_to_where_it_started():
+    samples = [at(1), at(2, 0.9, 10), at(3, 0.9, 10), at(4, 0.9, 10, throttle=99)]
+    policy = AUTO
+    steering = Steering.start(policy, Features())
+    steps = []
+    for sample in samples:
+        decision = steer(steering, sample, policy)
+        steering = decision.steering
+        steps += decision.steps
+    assert [(step.what, step.value) for step in steps] == [("set_downtime", 200), ("set_downtime", 100)]
+    assert steps[-1].why == ("QEMU's throttle at 99 % holds a vCPU 990 ms at a time and a stop can include one hold, "
+                             "which alone leaves no room within the budget (500 ms): back to the starting limit of "
+                             "100 ms")
+    assert steering.downtime_limit_ms == 100

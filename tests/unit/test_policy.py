@@ -50,6 +50,17 @@ def run_steering(samples, policy=None, features=None, strategy="precopy"):
     return steps, verdicts, steering
 
 
+def steered(policy, samples):
+    """Feed the samples; return the Step objects taken and the last Steering."""
+    steering = Steering.start(policy, Features())
+    steps = []
+    for sample in samples:
+        decision = steer(steering, sample, policy)
+        steering = decision.steering
+        steps += decision.steps
+    return steps, steering
+
+
 # -- downtime ----------------------------------------------------------------------------------
 
 
@@ -287,13 +298,7 @@ def test_steer(samples, policy, features, steps, verdicts):
 
 
 def test_wait_says_what_stays_in_force_and_why_a_throttle_cannot_help():
-    steps = []
-    policy = AUTO
-    steering = Steering.start(policy, Features())
-    for sample in STALLED_THROTTLED:
-        decision = steer(steering, sample, policy)
-        steering = decision.steering
-        steps += decision.steps
+    steps, _steering = steered(AUTO, STALLED_THROTTLED)
     wait = steps[-1]
     assert wait.what == "wait"
     assert wait.why == ("ratio 0.95 >= 0.8 for 5 passes and nothing permitted is left to make it converge; a stop now "
@@ -305,12 +310,7 @@ def test_wait_says_what_stays_in_force_and_why_a_throttle_cannot_help():
 
 def test_no_progress_abort_names_the_low_and_the_measures_in_force():
     policy = Policy(allow_auto_converge=False, progress_timeout_s=5)
-    steering = Steering.start(policy, Features())
-    steps = []
-    for sample in STALLED:
-        decision = steer(steering, sample, policy)
-        steering = decision.steering
-        steps += decision.steps
+    steps, _steering = steered(policy, STALLED)
     assert steps[-1].why == ("no progress: the data left at the start of a pass has not fallen below 40 MiB for 5 s "
                              "(progress_timeout); ratio 0.95")
 
@@ -373,12 +373,7 @@ def test_the_limit_leaves_room_for_one_throttle_hold_within_the_cap(throttle_pct
 def test_a_hold_longer_than_the_cap_sends_the_limit_back_to_where_it_started():
     samples = [at(1), at(2, 0.9, 10), at(3, 0.9, 10), at(4, 0.9, 10, throttle=99)]
     policy = AUTO
-    steering = Steering.start(policy, Features())
-    steps = []
-    for sample in samples:
-        decision = steer(steering, sample, policy)
-        steering = decision.steering
-        steps += decision.steps
+    steps, steering = steered(policy, samples)
     assert [(step.what, step.value) for step in steps] == [("set_downtime", 200), ("set_downtime", 100)]
     assert steps[-1].why == ("QEMU's throttle at 99 % holds a vCPU 990 ms at a time and a stop can include one hold, "
                              "which alone leaves no room within the budget (500 ms): back to the starting limit of "

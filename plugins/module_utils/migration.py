@@ -543,12 +543,12 @@ class MigrationRunner:
         if throttle:
             throttled = (f"; QEMU's throttle was at {throttle} %, which holds a vCPU for "
                          f"{throttle_stop_ms(throttle)} ms at a time, and a stop can include one hold")
-        reserve_ms = budget_ms - self.policy.downtime_cap_ms
         self._record("downtime_over_budget",
                      f"the guest was paused {result.downtime_ms} ms{handover}, over max_downtime_ms={budget_ms}: "
                      f"QEMU's limit at the stop was {self.steering.downtime_limit_ms} ms for the memory left, and "
-                     f"the rest of the stop took more than the {reserve_ms} ms kept for stopping the vCPUs, device "
-                     f"state and the hand-over{throttled}; the migration completed", value=result.downtime_ms)
+                     f"the rest of the stop took more than the {self.policy.reserve_ms} ms kept for stopping the "
+                     f"vCPUs, device state and the hand-over{throttled}; the migration completed",
+                     value=result.downtime_ms)
 
     def _fill_from_samples(self, result):
         """What the completed statistics did not give, from the samples; one timeline entry per pass."""

@@ -88,6 +88,11 @@ class Policy:
         return max(DOWNTIME_STEP_MS, self.max_downtime_ms - reserve)
 
     @property
+    def reserve_ms(self):
+        """What the budget keeps beyond QEMU's limit, for stopping the vCPUs, device state and the hand-over."""
+        return self.max_downtime_ms - self.downtime_cap_ms
+
+    @property
     def initial_downtime_ms(self):
         return min(self.downtime_cap_ms, INITIAL_DOWNTIME_MS)
 
@@ -147,8 +152,7 @@ def throttle_plan(ratio, policy):
     throttle that bites), or at what the measured ratio needs (aiming at half the threshold) if
     that is more; its one step of 1 % goes to QEMU's maximum.
     """
-    reserve_ms = policy.max_downtime_ms - policy.downtime_cap_ms
-    hold_room_ms = max(policy.downtime_cap_ms - policy.initial_downtime_ms, reserve_ms, 0)
+    hold_room_ms = max(policy.downtime_cap_ms - policy.initial_downtime_ms, policy.reserve_ms, 0)
     bound_pct = math.floor(100 * hold_room_ms / (hold_room_ms + THROTTLE_SLICE_MS))
     needed_pct = 0
     if ratio:

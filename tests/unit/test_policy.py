@@ -65,12 +65,12 @@ def steered(policy, samples):
 
 
 @pytest.mark.parametrize(
-    ("budget", "cap", "initial"),
-    [(500, 425, 100), (300, 250, 100), (120, 70, 70), (40, 10, 10), (2000, 1700, 100)],
+    ("budget", "cap", "initial", "reserve"),
+    [(500, 425, 100, 75), (300, 250, 100, 50), (120, 70, 70, 50), (40, 10, 10, 30), (2000, 1700, 100, 300)],
 )
-def test_downtime_cap_keeps_a_reserve_for_the_switch_over(budget, cap, initial):
+def test_downtime_cap_keeps_a_reserve_for_the_switch_over(budget, cap, initial, reserve):
     policy = Policy(max_downtime_ms=budget)
-    assert (policy.downtime_cap_ms, policy.initial_downtime_ms) == (cap, initial)
+    assert (policy.downtime_cap_ms, policy.initial_downtime_ms, policy.reserve_ms) == (cap, initial, reserve)
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.request import 
     ssh_uri,
     validate_request,
 )
+from ansible_collections.kvm.live_migration.plugins.module_utils.result import warnings_of
 from ansible_collections.kvm.live_migration.plugins.module_utils.units import KIB, MIB
 
 STOPPED_POLICIES = ("move", "leave", "fail")
@@ -162,16 +163,23 @@ class EvacuationResult:
             text += f"; still running on {self.source}: {', '.join(self.remaining)}"
         return text + (f"; {'; '.join(trouble)}" if trouble else "")
 
+    @property
+    def warnings(self):
+        """What the migrations that moved guests warned about, each named by its guest."""
+        return [f"{entry['name']}: {warning}" for entry in self.report() for warning in entry["warnings"]]
+
     def as_dict(self):
         return {"source": self.source, "ok": self.ok, "report": self.report(),
                 "guests": {entry["name"]: entry for entry in self.report()}, "plan": self.plan,
-                "remaining": self.remaining, "allowed_to_stay": self.allowed, "summary": self.summary()}
+                "remaining": self.remaining, "allowed_to_stay": self.allowed, "summary": self.summary(),
+                "warnings": self.warnings}
 
 
 def new_entry(guest, source_name):
     return {"name": guest.name, "uuid": guest.uuid, "from": source_name, "to": None, "was": guest.state,
             "status": "pending", "why": None, "attempts": 0, "tried": [], "time_ms": None, "downtime_ms": None,
-            "strategy": None, "started_at": None, "ended_at": None, "owner": source_name, "refusals": None}
+            "strategy": None, "started_at": None, "ended_at": None, "owner": source_name, "refusals": None,
+            "warnings": []}
 
 
 def utc_iso(seconds):
@@ -421,7 +429,7 @@ class Evacuation:
         migration = outcome.result if isinstance(outcome, MigrationError) else outcome
         migration = migration or {}
         entry.update(time_ms=migration.get("total_time_ms"), downtime_ms=migration.get("downtime_ms"),
-                     strategy=migration.get("strategy"))
+                     strategy=migration.get("strategy"), warnings=warnings_of(migration.get("actions", [])))
         owner = migration.get("owner")
         # The engine names hosts as their libvirt does; the report names them as the user gave them.
         if migration.get("status") in ("completed", "already_migrated") and owner == migration.get("destination"):

@@ -46,7 +46,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.policy import (
     Steering,
     predict,
     steer,
-    throttle_stop_ms,
+    throttle_hold_text,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import (
     default_timeout_s,
@@ -541,8 +541,7 @@ class MigrationRunner:
         throttle = self.timeline.last.throttle_pct if self.timeline.last else 0
         throttled = ""
         if throttle:
-            throttled = (f"; QEMU's throttle was at {throttle} %, which holds a vCPU for "
-                         f"{throttle_stop_ms(throttle)} ms at a time, and a stop can include one hold")
+            throttled = f"; {throttle_hold_text(throttle)}"
         self._record("downtime_over_budget",
                      f"the guest was paused {result.downtime_ms} ms{handover}, over max_downtime_ms={budget_ms}: "
                      f"QEMU's limit at the stop was {self.steering.downtime_limit_ms} ms for the memory left, and "

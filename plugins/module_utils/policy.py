@@ -138,6 +138,12 @@ def throttle_stop_ms(throttle_pct):
     return round(throttle_pct / (100 - throttle_pct) * THROTTLE_SLICE_MS)
 
 
+def throttle_hold_text(throttle_pct):
+    """How a report names the throttle's hold that a stop can include (see ``limit_room_ms``)."""
+    return (f"QEMU's throttle at {throttle_pct} % holds a vCPU {throttle_stop_ms(throttle_pct)} ms at a time and a "
+            "stop can include one hold")
+
+
 def throttle_plan(ratio, policy):
     """(initial %, step %) of auto-converge's throttle.
 
@@ -168,8 +174,7 @@ def limit_room_ms(policy, throttle_pct):
     queued on it; a throttle hold queued just before the stop then runs to its end within the stop
     (measured: stops of 501 and 503 ms, one 490 ms hold at 98 % and a stop of 11-13 ms).
     """
-    hold_ms = throttle_stop_ms(throttle_pct) if throttle_pct else 0
-    return policy.downtime_cap_ms - hold_ms
+    return policy.downtime_cap_ms - throttle_stop_ms(throttle_pct)
 
 
 def predict(dirty_rate_bps, memory_bytes, bandwidth_bps, policy, features):
@@ -441,8 +446,7 @@ def _room_for_the_throttle(steering, sample, policy):
     lowest_ms = max(policy.initial_downtime_ms, DOWNTIME_STEP_MS * (room_ms // DOWNTIME_STEP_MS))
     if steering.downtime_limit_ms <= lowest_ms:
         return ()
-    hold = (f"QEMU's throttle at {sample.throttle_pct} % holds a vCPU {throttle_stop_ms(sample.throttle_pct)} ms at "
-            "a time and a stop can include one hold")
+    hold = throttle_hold_text(sample.throttle_pct)
     if room_ms >= policy.initial_downtime_ms:
         why = f"{hold}: a {lowest_ms} ms limit keeps such a stop within the budget ({policy.max_downtime_ms} ms)"
     else:

@@ -7,6 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# What a migration that completed records and the playbook should also see as a warning.
+WARNED_ACTIONS = ("downtime_over_budget",)
+
+
+def warnings_of(actions):
+    """The ``why`` of each action in ``actions`` (a result's list of dicts) that the module warns about."""
+    return [action["why"] for action in actions if action["what"] in WARNED_ACTIONS]
+
 
 @dataclass
 class MigrationResult:

@@ -165,14 +165,24 @@ evacuation:
         - C(from), C(to) (the last destination tried), C(owner) (where it runs or is defined at the end), C(was)
           (its state before), C(attempts), C(tried), C(time_ms) and C(downtime_ms) (QEMU's, of the last attempt),
           C(strategy), C(why), C(started_at) and C(ended_at) (UTC), C(refusals) (destination -> reasons, for a
-          guest no destination takes).
+          guest no destination takes), C(warnings) (what its completed migration warned about, as
+          RV(evacuation.warnings)).
       type: list
       elements: dict
       sample:
         - {"name": "web01", "from": "hv1", "to": "hv2", "status": "migrated", "attempts": 1, "tried": ["hv2"],
            "time_ms": 7412, "downtime_ms": 31, "strategy": "precopy", "owner": "hv2", "was": "running",
            "why": "precopy in 7412 ms, 5 passes, downtime 31 ms", "started_at": "2026-12-02T03:10:04.120Z",
-           "ended_at": "2026-12-02T03:10:13.020Z", "refusals": null, "uuid": "8f0d...", "hosts": null}
+           "ended_at": "2026-12-02T03:10:13.020Z", "refusals": null, "uuid": "8f0d...", "hosts": null,
+           "warnings": []}
+    warnings:
+      description:
+        - What the migrations that moved guests warned about, each prefixed with the guest's name; the module also
+          shows each as a warning. Today that is a measured stop that outlasted O(max_downtime_ms) (the migration's
+          V(downtime_over_budget) action); the guest moved, but paused longer than the budget.
+      type: list
+      elements: str
+      sample: ["web01: the guest was paused 503 ms, over max_downtime_ms=500: ..."]
     guests:
       description: The same entries keyed by guest name (what C(set_stats) hands to AWX).
       type: dict
@@ -260,6 +270,8 @@ def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     result = run_engine(module, lambda: run_evacuation(module.params, module.check_mode), LIBVIRT_IMPORT_ERROR)
     evacuation = result.as_dict()
+    for warning in result.warnings:
+        module.warn(warning)
     if result.ok:
         module.exit_json(changed=result.changed, evacuation=evacuation)
     module.fail_json(msg=f"the evacuation of {result.source} is incomplete: {evacuation['summary']}",

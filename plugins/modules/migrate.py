@@ -429,6 +429,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.module_support 
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.progress import ProgressBoard
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import COPY_STORAGE, MigrationRequest
+from ansible_collections.kvm.live_migration.plugins.module_utils.result import warnings_of
 
 ARGUMENT_SPEC = {
     **PAIR_ARGUMENT_SPEC,
@@ -462,9 +463,8 @@ def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, **PAIR_CONSTRAINTS)
     result = run_engine(module, lambda: run_migration(module.params, module.check_mode), LIBVIRT_IMPORT_ERROR)
     migration = result.as_dict()
-    for action in result.actions:
-        if action["what"] == "downtime_over_budget":
-            module.warn(action["why"])
+    for warning in warnings_of(result.actions):
+        module.warn(warning)
     if result.status in ("completed", "already_migrated", "would_migrate", "would_resume"):
         module.exit_json(changed=result.changed, migration=migration)
     module.fail_json(msg=failure_message(result), changed=True, migration=migration)

@@ -12,6 +12,7 @@ import time
 from dataclasses import replace
 
 import pytest
+from ansible.module_utils import basic
 from conftest import SOURCE_URI
 from fake_libvirt import GIB, MIB, C
 
@@ -21,15 +22,20 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.evacuation impo
     Evacuation,
     EvacuationHooks,
     EvacuationRequest,
+    EvacuationResult,
+    SourceGuest,
     migration_why,
+    new_entry,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.preflight import Surroundings
 from ansible_collections.kvm.live_migration.plugins.module_utils.probes import PortProbe
 from ansible_collections.kvm.live_migration.plugins.module_utils.progress import ProgressBoard
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import MigrationRequest
+from ansible_collections.kvm.live_migration.plugins.modules import evacuate as evacuate_module
 
 BRIDGE_FAIL = {"check": "network", "status": "fail", "message": "hv2 has no bridge br9", "fix": "create bridge br9"}
 TEMPLATE = MigrationRequest(name="-", dest_uri="qemu+ssh://hv2/system")
+OVER_BUDGET = "the guest was paused 503 ms, over max_downtime_ms=500: ...; the migration completed"
 
 
 class Mover:
@@ -37,7 +43,7 @@ class Mover:
 
     def __init__(self, cloud, outcomes=None, hold_s=0.05, during=None):
         self.cloud = cloud
-        self.outcomes = outcomes or {}  # (guest, destination) -> "aborted" | "lost"
+        self.outcomes = outcomes or {}  # (guest, destination) -> "aborted" | "lost" | "over_budget"
         self.hold_s = hold_s
         self.during = during  # called once, while the first migration runs
         self.lock = threading.Lock()
@@ -72,8 +78,13 @@ class Mover:
         with self.cloud.lock:
             guest = self.cloud.hosts[SOURCE_URI].guests.pop(name)
             self.cloud.hosts[f"qemu+ssh://{host}/system"].guests[name] = guest
-        return {**names, "status": "completed", "owner": f"{host}.lab", "strategy": "precopy", "total_time_ms": 4000,
-                "downtime_ms": 30, "passes": 3}
+        moved = {**names, "status": "completed", "owner": f"{host}.lab", "strategy": "precopy", "total_time_ms": 4000,
+                 "downtime_ms": 30, "passes": 3}
+        if outcome == "over_budget":
+            return {**moved, "strategy": "auto_converge", "downtime_ms": 503,
+                    "actions": [{"what": "auto_converge", "why": "ratio 1.40 >= 0.8 for 2 passes"},
+                                {"what": "downtime_over_budget", "why": OVER_BUDGET}]}
+        return moved
 
 
 def accepting(refused=None):
@@ -348,3 +359,29 @@ def test_a_migrated_guest_whose_stop_outlasted_the_budget_says_so():
     assert migration_why(migration) == ("auto_converge in 44816 ms, 7 passes, downtime 501 ms, over the downtime "
                                         "budget (downtime_over_budget)")
     assert migration_why({**migration, "actions": []}).endswith("downtime 501 ms")
+
+
+def test_a_stop_over_the_budget_is_a_warning_of_the_evacuation_named_by_its_guest(cloud, hv1, hv3):
+    add_guests(cloud, hv1, "a", "b")
+    result = evacuate(cloud, Mover(cloud, outcomes={("b", "hv2"): "over_budget", ("b", "hv3"): "over_budget"}))
+
+    assert result.ok
+    assert result.entries["b"]["status"] == "migrated"
+    assert result.entries["b"]["why"].endswith("downtime 503 ms, over the downtime budget (downtime_over_budget)")
+    assert (result.entries["a"]["warnings"], result.entries["b"]["warnings"]) == ([], [OVER_BUDGET])
+    assert result.warnings == [f"b: {OVER_BUDGET}"]
+    assert result.as_dict()["warnings"] == result.warnings
+
+
+def test_the_evacuate_module_shows_each_warning(module_runner, monkeypatch):
+    warned = []
+    monkeypatch.setattr(basic.AnsibleModule, "warn", lambda _module, message: warned.append(message))
+    moved = {**new_entry(SourceGuest("b", None, "running", 0), "hv1"), "status": "migrated", "to": "hv2",
+             "owner": "hv2", "warnings": [OVER_BUDGET]}
+    monkeypatch.setattr(evacuate_module, "run_evacuation", lambda params, check_mode: EvacuationResult(
+        source="hv1", entries={"b": moved}))
+
+    outcome, returned = module_runner(evacuate_module)({"source_uri": SOURCE_URI, "destinations": ["hv2"]})
+
+    assert (outcome, returned["changed"]) == ("exit", True)
+    assert warned == returned["evacuation"]["warnings"] == [f"b: {OVER_BUDGET}"]

@@ -877,8 +877,8 @@ def test_a_stop_over_the_budget_names_the_throttle_in_force(cloud, hv1, clock):
     result = run(cloud, clock, max_downtime_ms=500)
 
     [action] = [action for action in result.actions if action["what"] == "downtime_over_budget"]
-    assert action["why"].endswith("the hand-over; QEMU's throttle was at 98 %, which holds a vCPU for 490 ms at a "
-                                  "time, and a stop can include one hold; the migration completed")
+    assert action["why"].endswith("the hand-over; QEMU's throttle at 98 % holds a vCPU 490 ms at a time and a "
+                                  "stop can include one hold; the migration completed")
 
 
 @pytest.mark.parametrize(("downtime", "downtime_net"), [(500, 470), (480, None)],

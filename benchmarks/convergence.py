@@ -17,6 +17,8 @@ longest stall. Policies (benchmarks/anchors.py re-implements the anchors from th
   ours-ac        kvm.live_migration.migrate's engine, auto-converge permitted, post-copy not
   ours-pc        the engine with post-copy permitted too
   libvirt        plain virsh migrate --live --p2p (not in the default matrix)
+  ours-ac@NN      the engine with its throttle's starting level forced to NN % (an experiment; the module has no
+  ours-pc@NN      such option): how the starting level chosen from the budget compares with others
 
 Then the transport rows: one idle 1 GiB guest, no bandwidth cap, moved by the engine over tcp, tls (QEMU's
 TLS, the certificates lab.sh up issued with the hypervisor role), ssh (tunnelled through libvirt's
@@ -83,6 +85,8 @@ DEFAULT_POLICIES = {
 ANCHOR_BOUND_S = 60
 OURS_BOUND_S = 120
 POLICIES = (*anchors.ANCHORS, "ours-ac", "ours-pc")
+# ours-ac@NN / ours-pc@NN: the engine with its throttle's start forced to NN % (20, its minimum, to 99).
+FORCED_START = re.compile(r"ours-(ac|pc)@([2-9]\d)")
 RUNS = 1
 RESULTS = REPO / "benchmarks" / "results"
 SERIES_EVERY_S = 0.5  # the remaining-memory curve keeps one point per half second
@@ -291,6 +295,20 @@ def _apply(libvirt, watched, action, actions, stats, elapsed):
     return True
 
 
+def forced_throttle_start(policy):
+    """NN for ``ours-ac@NN`` or ``ours-pc@NN``, else None."""
+    found = FORCED_START.fullmatch(policy)
+    return int(found.group(2)) if found else None
+
+
+def force_throttle_start(pct):
+    """Make the engine start QEMU's throttle at ``pct`` % (then its usual step of 1 %), whatever the budget says."""
+    from ansible_collections.kvm.live_migration.plugins.module_utils import policy as engine  # noqa: PLC0415
+
+    engine.throttle_plan = lambda _ratio, _policy: (pct, max(1, min(engine.THROTTLE_STEP_PCT,
+                                                                    engine.MAX_THROTTLE_PCT - pct)))
+
+
 def ours(name, allow_post_copy, bound_s, transport="tcp", bandwidth_mib=BANDWIDTH_MIB, parallel=None):
     # Only the worker inside a hypervisor imports the engine (from the PYTHONPATH the controller passes).
     from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor  # noqa: PLC0415
@@ -338,7 +356,9 @@ def run_one(policy, name, bound_s):
         outcome = ours(name, False, bound_s, transport=transport, bandwidth_mib=0,
                        parallel=int(parallel) if parallel else None)
     else:
-        outcome = ours(name, policy == "ours-pc", bound_s)
+        if forced_throttle_start(policy) is not None:
+            force_throttle_start(forced_throttle_start(policy))
+        outcome = ours(name, policy.startswith("ours-pc"), bound_s)
     sampler.stop.set()
     sampler.join(5)
     outcome.update(pass1_bytes=sampler.pass1_bytes, max_throttle=sampler.max_throttle, series=sampler.series,
@@ -734,10 +754,24 @@ def policies_for(workload, policies, full):
     return policies or (POLICIES if full else DEFAULT_POLICIES.get(workload, POLICIES))
 
 
+def unknown_names(workloads, policies, transports):
+    """Each name on the command line that the benchmark does not know, with what it knows."""
+    known_policies = (*POLICIES, "libvirt")
+    problems = [f"workload {name!r} (one of {', '.join(WORKLOADS)})" for name in workloads if name not in WORKLOADS]
+    problems += [f"policy {name!r} (one of {', '.join(known_policies)}, or ours-ac@NN / ours-pc@NN with NN from 20 "
+                 "to 99)" for name in policies if name not in known_policies and not FORCED_START.fullmatch(name)]
+    problems += [f"transport {name!r} (tcp, tls, ssh or tls-pN)" for name in transports
+                 if not re.fullmatch(r"tcp|tls|ssh|tls-p[1-9]\d*", name)]
+    return problems
+
+
 def main_matrix(args):
     """The matrix the command line asks for: its table, goals and results; 1 when a goal failed."""
     workloads, policies, transports = (list(filter(None, value.split(",")))
                                        for value in (args.workloads, args.policies, args.transports))
+    unknown = unknown_names(workloads, policies, transports)
+    if unknown:
+        sys.exit("unknown " + "; ".join(unknown))
     repeats, full = args.runs, args.full
     if os.geteuid() != 0:
         sys.exit("run as root: the lab needs namespaces and libvirtd")

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.kvm.live_migration.plugins.module_utils import policy as engine
+from ansible_collections.kvm.live_migration.plugins.module_utils.features import Features
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 anchors = importlib.import_module("anchors")
 convergence = importlib.import_module("convergence")
@@ -199,3 +202,33 @@ def test_the_throttle_delay_counts_from_the_end_of_pass_1():
     assert convergence.seconds_after(8.2, 10.3) == 2.1
     assert convergence.seconds_after(8.2, None) is None
     assert convergence.seconds_after(None, 3.0) is None
+
+
+@pytest.mark.parametrize(
+    ("workloads", "policies", "transports", "expected"),
+    [
+        (["heavy"], ["ours-ac", "ours-ac@90", "ours-pc@99", "libvirt", "nova-pc"], ["tcp", "tls-p4"], []),
+        (["hevy"], [], [], ["workload 'hevy'"]),
+        ([], ["nova-PC"], [], ["policy 'nova-PC'"]),
+        ([], ["ours-ac@100", "ours-ac@5", "ours@90"], [], ["policy 'ours-ac@100'", "policy 'ours-ac@5'",
+                                                            "policy 'ours@90'"]),
+        ([], [], ["tls-p0", "udp"], ["transport 'tls-p0'", "transport 'udp'"]),
+    ],
+    ids=["known", "workload-typo", "policy-typo", "forced-start-out-of-range", "transports"],
+)
+def test_the_command_line_names_are_checked_before_the_lab_comes_up(workloads, policies, transports, expected):
+    unknown = convergence.unknown_names(workloads, policies, transports)
+    assert [problem.split(" (")[0] for problem in unknown] == expected
+
+
+def test_a_forced_throttle_start_replaces_the_budgets_choice_in_the_engine(monkeypatch):
+    monkeypatch.setattr(engine, "throttle_plan", engine.throttle_plan)  # restored after the test
+    features = Features(auto_converge=True, post_copy=True)
+    heavy = (160 * MIB, 512 * MIB, 64 * MIB, engine.Policy(), features)
+    assert engine.predict(*heavy)["throttle_initial_pct"] == 97  # the budget's choice for 500 ms
+    assert (convergence.forced_throttle_start("ours-ac@90"), convergence.forced_throttle_start("ours-ac")) == (90, None)
+    convergence.force_throttle_start(90)
+    plan = engine.predict(*heavy)
+    assert (plan["throttle_initial_pct"], plan["throttle_step_pct"]) == (90, 1)
+    convergence.force_throttle_start(99)
+    assert engine.predict(*heavy)["throttle_step_pct"] == 1

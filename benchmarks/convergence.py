@@ -17,8 +17,8 @@ longest stall. Policies (benchmarks/anchors.py re-implements the anchors from th
   ours-ac        kvm.live_migration.migrate's engine, auto-converge permitted, post-copy not
   ours-pc        the engine with post-copy permitted too
   libvirt        plain virsh migrate --live --p2p (not in the default matrix)
-  ours-ac@NN      the engine with its throttle's starting level forced to NN % (an experiment; the module has no
-  ours-pc@NN      such option): how the starting level chosen from the budget compares with others
+  ours-ac@NN     the engine with its throttle's starting level forced to NN % (an experiment; the module has no
+  ours-pc@NN     such option): how the starting level chosen from the budget compares with others
 
 Then the transport rows: one idle 1 GiB guest, no bandwidth cap, moved by the engine over tcp, tls (QEMU's
 TLS, the certificates lab.sh up issued with the hypervisor role), ssh (tunnelled through libvirt's
@@ -356,8 +356,9 @@ def run_one(policy, name, bound_s):
         outcome = ours(name, False, bound_s, transport=transport, bandwidth_mib=0,
                        parallel=int(parallel) if parallel else None)
     else:
-        if forced_throttle_start(policy) is not None:
-            force_throttle_start(forced_throttle_start(policy))
+        forced = forced_throttle_start(policy)
+        if forced is not None:
+            force_throttle_start(forced)
         outcome = ours(name, policy.startswith("ours-pc"), bound_s)
     sampler.stop.set()
     sampler.join(5)

@@ -24,6 +24,11 @@ _MESSAGE_FIXES = {  # pattern (case-insensitive) -> fix
     r"Unable to resolve address":
         "the source cannot resolve the destination's host name: add it to DNS or /etc/hosts on the "
         "source, or pass migrate_uri with an address",
+    r"munlockall":  # before "Postcopy is not supported", which QEMU puts in front of it
+        "QEMU on the destination could not munlockall(), which post-copy needs: give the destination CAP_IPC_LOCK in "
+        "its capability bounding set (a container drops it unless kept, e.g. systemd-nspawn "
+        "--capability=CAP_IPC_LOCK, docker run --cap-add IPC_LOCK; kvm.live_migration.host_info there reports it under "
+        "host.post_copy), or do not permit post-copy",
     r"Postcopy is not supported":
         "set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user), or give it "
         "libvirt >= 10.1 and QEMU >= 8.1, which use /dev/userfaultfd, or do not permit post-copy",
@@ -46,6 +51,19 @@ _MESSAGE_FIXES = {  # pattern (case-insensitive) -> fix
     r"unsupported configuration: .*(cannot migrate|not migratable|hostdev)":
         "remove or hot-unplug the devices that block migration (host devices, non-migratable devices)",
 }
+
+# Why QEMU on the destination refuses post-copy, by what it says. The userfaultfd fix is right only when QEMU said
+# so; an end of file tells nothing of the cause.
+POST_COPY_IPC_LOCK_FIX = _MESSAGE_FIXES[r"munlockall"]
+POST_COPY_USERFAULTFD_FIX = _MESSAGE_FIXES[r"Postcopy is not supported"]
+POST_COPY_END_OF_FILE_FIX = (
+    "the destination ended the migration's connection without saying why: read its QEMU log, "
+    "/var/log/libvirt/qemu/{name}.log on the destination. The usual causes are QEMU failing munlockall() (the "
+    "destination lacks CAP_IPC_LOCK in its capability bounding set, as a container may) and a userfaultfd QEMU's "
+    "user may not create (vm.unprivileged_userfaultfd=0 where libvirt < 10.1 or QEMU < 8.1 do not use "
+    "/dev/userfaultfd); kvm.live_migration.host_info on the destination names which (host.post_copy.reason)")
+_END_OF_FILE = re.compile(r"end of file while reading data", re.IGNORECASE)
+_MUNLOCKALL = re.compile(r"munlockall", re.IGNORECASE)
 
 # Fixes keyed by libvirt error code name, used when no message pattern matched.
 _CODE_FIXES = {
@@ -102,6 +120,19 @@ def fix_for(message, code_name):
         if re.search(pattern, message or "", re.IGNORECASE):
             return fix
     return _CODE_FIXES.get(code_name)
+
+
+def post_copy_refusal_fix(message, name="NAME"):
+    """The fix for a destination that refused post-copy at the start with ``message``, for guest ``name``.
+
+    QEMU names its reason (munlockall, userfaultfd) when libvirt passes it on; libvirt 9 often passes on only the
+    end of the peer connection, and then the cause is in the destination's QEMU log, not known here.
+    """
+    if _MUNLOCKALL.search(message or ""):
+        return POST_COPY_IPC_LOCK_FIX
+    if _END_OF_FILE.search(message or ""):
+        return POST_COPY_END_OF_FILE_FIX.format(name=name)
+    return POST_COPY_USERFAULTFD_FIX
 
 
 def from_libvirt_error(libvirt_module, error, action):

@@ -42,6 +42,10 @@ QEMU_TLS_CLIENT_FILES = ("ca-cert.pem", "client-cert.pem", "client-key.pem")
 QEMU_TLS_SERVER_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem")
 KVM_PROBE_TIMEOUT_S = 5.0
 MISC_MAJOR = 10  # the character-device major of the kernel's misc devices (/dev/userfaultfd among them)
+CAP_IPC_LOCK = 14  # linux/capability.h
+# Where the capability bounding set of what libvirtd starts is read: init's (libvirtd is a service of it), else the
+# module's own when init's cannot be read (a bounding set only shrinks down the process tree).
+CAPABILITY_SOURCES = ("proc/1/status", "proc/self/status")
 
 
 @dataclass(frozen=True)
@@ -292,14 +296,36 @@ DEV_USERFAULTFD_LIBVIRT = 10_001_000
 DEV_USERFAULTFD_QEMU = 8_001_000
 
 
-def post_copy_status(qemu_user, unprivileged_userfaultfd, dev_userfaultfd="missing", versions=None):
+NO_IPC_LOCK_REASON = (
+    "CAP_IPC_LOCK is not in the capability bounding set of this host's services (CapBnd of /proc/1/status), so "
+    "the QEMU libvirtd starts cannot munlockall() and refuses post-copy ('munlockall() failed: Operation not "
+    "permitted' in the destination's QEMU log; the source often sees only 'End of file while reading data'): give "
+    "the host CAP_IPC_LOCK (a container: keep that capability, e.g. systemd-nspawn --capability=CAP_IPC_LOCK, "
+    "docker run --cap-add IPC_LOCK)")
+
+
+def post_copy_status(qemu_user, unprivileged_userfaultfd, dev_userfaultfd="missing", versions=None, ipc_lock=None):
     """Whether QEMU may create the userfaultfd post-copy needs on this host, and why not.
 
     QEMU runs as ``qemu_user`` (libvirt-qemu on Debian, qemu elsewhere). A non-root process gets a
     userfaultfd from the system call only with vm.unprivileged_userfaultfd=1, or from /dev/userfaultfd
     (``dev_userfaultfd``: ok, missing or not_the_device) when libvirt hands that device to QEMU and QEMU
-    uses it; ``versions`` are libvirt's numbers ({"libvirt", "hypervisor"}).
+    uses it; ``versions`` are libvirt's numbers ({"libvirt", "hypervisor"}). QEMU also unlocks its memory
+    (munlockall) before post-copy, which needs CAP_IPC_LOCK in the bounding set where the kernel or a
+    container's seccomp filter ties it to that capability: ``ipc_lock`` says whether the bounding set of
+    what libvirtd starts has it (None: unknown, not held against post-copy). ``via`` is how QEMU's user gets
+    its userfaultfd (root, device, sysctl, or None), also when the capability stops post-copy.
     """
+    status = _userfaultfd_status(qemu_user, unprivileged_userfaultfd, dev_userfaultfd, versions)
+    if ipc_lock is not False:
+        return status
+    reason = NO_IPC_LOCK_REASON
+    if status["possible"] is not True:
+        reason = f"{reason}; and {status['reason']}"
+    return {"possible": False, "via": status["via"], "reason": reason}
+
+
+def _userfaultfd_status(qemu_user, unprivileged_userfaultfd, dev_userfaultfd, versions):
     if qemu_user in ("root", "0"):
         return {"possible": True, "via": "root", "reason": "QEMU runs as root"}
     device_reason = _dev_userfaultfd_reason(dev_userfaultfd, versions)
@@ -317,6 +343,22 @@ def post_copy_status(qemu_user, unprivileged_userfaultfd, dev_userfaultfd="missi
             "reason": f"vm.unprivileged_userfaultfd=0 and QEMU runs as {qemu_user}, and {device_reason}: QEMU refuses "
                       "post-copy ('Postcopy is not supported'); set vm.unprivileged_userfaultfd=1 (the hypervisor "
                       "role can), or run libvirt >= 10.1 with QEMU >= 8.1 on a kernel with /dev/userfaultfd"}
+
+
+def parse_bounding_set(status_text):
+    """The capability bounding set (CapBnd) of a /proc/PID/status text, as an int; None when absent."""
+    match = re.search(r"^CapBnd:\s*([0-9a-fA-F]+)\s*$", status_text or "", re.MULTILINE)
+    return int(match.group(1), 16) if match else None
+
+
+def read_ipc_lock(root="/"):
+    """Whether CAP_IPC_LOCK is in the bounding set of the processes this host's init starts (libvirtd, and so
+    QEMU), from init's /proc status, else this process's; None when neither can be read."""
+    for source in CAPABILITY_SOURCES:
+        bounding = parse_bounding_set(_read(Path(root) / source))
+        if bounding is not None:
+            return bool(bounding >> CAP_IPC_LOCK & 1)
+    return None
 
 
 def _dev_userfaultfd_reason(dev_userfaultfd, versions):
@@ -381,7 +423,7 @@ def qemu_process_ids(root="/"):
 
 
 def read_migration_config(root="/", versions=None):
-    """Ports, post-copy and TLS facts from this host's qemu.conf, sysctls, devices and certificate files.
+    """Ports, post-copy and TLS facts from this host's qemu.conf, sysctls, devices, capabilities and certificate files.
 
     ``versions`` are the local libvirt's numbers ({"libvirt", "hypervisor"}), which decide whether
     /dev/userfaultfd serves post-copy.
@@ -396,7 +438,7 @@ def read_migration_config(root="/", versions=None):
         "migration_ports": migration_ports(settings),
         "post_copy": post_copy_status(str(settings.get("user", "libvirt-qemu")),
                                       None if sysctl is None else sysctl.strip() == "1",
-                                      read_dev_userfaultfd(root), versions),
+                                      read_dev_userfaultfd(root), versions, read_ipc_lock(root)),
         "tls": tls_status(cert_dir, present),
     }
 

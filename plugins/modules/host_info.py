@@ -168,8 +168,14 @@ host:
       type: dict
     post_copy:
       description:
-        - Whether QEMU's user may use userfaultfd for post-copy (C(possible)), through what (C(via) - root, device or
-          sysctl) and why (C(reason)).
+        - Whether QEMU can post-copy into this host (C(possible); V(null) when it cannot be told), and why or why not
+          (C(reason), with what to do).
+        - C(via) is how QEMU's user gets the userfaultfd post-copy needs - V(root), V(device) (C(/dev/userfaultfd),
+          which libvirt >= 10.1 hands to QEMU >= 8.1) or V(sysctl) (C(vm.unprivileged_userfaultfd=1)) - or V(null)
+          when it gets none. It is set even when something else stops post-copy.
+        - QEMU also needs C(CAP_IPC_LOCK) in the capability bounding set of what the host's init starts (C(CapBnd) of
+          C(/proc/1/status), else of the module's own process) to C(munlockall()) before post-copy; without it
+          C(possible) is false and C(reason) names the capability (a container that dropped it).
       type: dict
     tls:
       description:

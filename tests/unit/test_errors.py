@@ -11,6 +11,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.errors import (
     fix_for,
     from_libvirt_error,
     libvirt_errors,
+    post_copy_refusal_fix,
 )
 
 FAKE = FakeCloud().libvirt
@@ -87,6 +88,34 @@ CPU_FIX = ("the destination's CPU lacks features of the guest's CPU: give the gu
 )
 def test_fix_for(message, code_name, expected):
     assert fix_for(message, code_name) == expected
+
+
+# QEMU >= 8.0's words when munlockall() fails (a container without CAP_IPC_LOCK; nspawn's seccomp filter ties
+# the memlock calls to it), and libvirt 9's report of the same refusal at the source: the peer connection's end.
+MUNLOCKALL = ("internal error: unable to execute QEMU command 'migrate-set-capabilities': Postcopy is not supported: "
+              "munlockall() failed: Operation not permitted")
+END_OF_FILE = "End of file while reading data: : Input/output error"
+
+
+def test_a_munlockall_refusal_names_the_capability_not_the_sysctl():
+    fix = fix_for(MUNLOCKALL, "VIR_ERR_INTERNAL_ERROR")
+    assert "CAP_IPC_LOCK" in fix
+    assert "unprivileged_userfaultfd" not in fix
+
+
+@pytest.mark.parametrize(("message", "has", "lacks"), [
+    (END_OF_FILE, ["/var/log/libvirt/qemu/web01.log", "munlockall", "CAP_IPC_LOCK", "userfaultfd",
+                   "without saying why"], ["set vm.unprivileged_userfaultfd=1"]),
+    (MUNLOCKALL, ["CAP_IPC_LOCK"], ["unprivileged_userfaultfd"]),
+    ("internal error: unable to execute QEMU command 'migrate-set-capabilities': Postcopy is not supported",
+     ["set vm.unprivileged_userfaultfd=1", "/dev/userfaultfd"], ["CAP_IPC_LOCK"]),
+], ids=["end-of-file-says-where-to-look", "munlockall", "userfaultfd"])
+def test_a_post_copy_refusal_blames_only_what_it_names(message, has, lacks):
+    """An end of file says nothing of the cause: the fix points to the destination's QEMU log and names the usual
+    causes instead of blaming a sysctl that may already be 1."""
+    fix = post_copy_refusal_fix(message, "web01")
+    assert all(words in fix for words in has), fix
+    assert not any(words in fix for words in lacks), fix
 
 
 @pytest.mark.parametrize(("message", "words"), [

@@ -13,11 +13,13 @@ from ansible_collections.kvm.live_migration.plugins.module_utils import hostfact
 from ansible_collections.kvm.live_migration.plugins.module_utils.hostfacts import (
     KernelView,
     filesystem_of,
+    parse_bounding_set,
     parse_cpuinfo,
     parse_qemu_conf,
     post_copy_status,
     probe_kvm,
     read_dev_userfaultfd,
+    read_ipc_lock,
     read_kernel_view,
     read_migration_config,
     tls_status,
@@ -109,6 +111,71 @@ def test_post_copy_needs_a_userfaultfd_for_qemus_user(user, sysctl, device, vers
     assert reason_has in status["reason"]
     if possible is False:
         assert "set vm.unprivileged_userfaultfd=1" in status["reason"]
+
+
+FULL_BOUNDING_SET = "000001ffffffffff"
+WITHOUT_IPC_LOCK = f"{int(FULL_BOUNDING_SET, 16) & ~(1 << 14):016x}"  # a container that did not keep CAP_IPC_LOCK
+
+
+@pytest.mark.parametrize(("user", "sysctl", "device", "versions"), [
+    ("libvirt-qemu", True, "missing", STOCK),
+    ("libvirt-qemu", False, "ok", BACKPORTS),
+    ("root", False, "missing", STOCK),
+])
+def test_post_copy_needs_cap_ipc_lock_whatever_gives_the_userfaultfd(user, sysctl, device, versions):
+    """Seen on a systemd host in a container: the sysctl was 1, and QEMU still refused post-copy because it could
+    not munlockall() without CAP_IPC_LOCK in its bounding set."""
+    with_it = post_copy_status(user, sysctl, device, versions, ipc_lock=True)
+    without = post_copy_status(user, sysctl, device, versions, ipc_lock=False)
+    assert with_it["possible"] is True
+    assert without["possible"] is False
+    assert without["via"] == with_it["via"]  # the role still decides the sysctl from how QEMU gets its userfaultfd
+    assert "CAP_IPC_LOCK" in without["reason"] and "munlockall" in without["reason"]
+    assert "set vm.unprivileged_userfaultfd=1" not in without["reason"]
+
+
+def test_a_missing_cap_ipc_lock_and_a_closed_userfaultfd_are_both_named():
+    status = post_copy_status("libvirt-qemu", False, "missing", STOCK, ipc_lock=False)
+    assert (status["possible"], status["via"]) == (False, None)
+    assert "CAP_IPC_LOCK" in status["reason"] and "set vm.unprivileged_userfaultfd=1" in status["reason"]
+
+
+def test_an_unknown_bounding_set_does_not_stop_post_copy():
+    assert post_copy_status("libvirt-qemu", True, "missing", STOCK, ipc_lock=None)["possible"] is True
+
+
+def test_the_bounding_set_is_read_from_status():
+    assert parse_bounding_set(f"Name:\tsystemd\nCapPrm:\t0\nCapBnd:\t{FULL_BOUNDING_SET}\n") == 0x1FFFFFFFFFF
+    assert parse_bounding_set("Name:\tx\n") is None
+    assert parse_bounding_set(None) is None
+
+
+def status_file(root, pid, bounding):
+    (root / "proc" / pid).mkdir(parents=True, exist_ok=True)
+    (root / "proc" / pid / "status").write_text(f"Name:\tx\nCapBnd:\t{bounding}\n")
+
+
+def test_cap_ipc_lock_is_read_from_init_which_starts_libvirtd(tmp_path):
+    """libvirtd, and so QEMU, descends from init, not from the module: init's bounding set decides; the module's
+    own is read only when init's cannot be."""
+    assert read_ipc_lock(tmp_path) is None
+    status_file(tmp_path, "self", FULL_BOUNDING_SET)
+    assert read_ipc_lock(tmp_path) is True
+    status_file(tmp_path, "1", WITHOUT_IPC_LOCK)
+    assert read_ipc_lock(tmp_path) is False
+
+
+def test_migration_config_reports_post_copy_impossible_without_cap_ipc_lock(tmp_path):
+    (tmp_path / "etc/libvirt").mkdir(parents=True)
+    (tmp_path / "etc/libvirt/qemu.conf").write_text('user = "libvirt-qemu"\n')
+    (tmp_path / "proc/sys/vm").mkdir(parents=True)
+    (tmp_path / "proc/sys/vm/unprivileged_userfaultfd").write_text("1\n")
+    status_file(tmp_path, "1", WITHOUT_IPC_LOCK)
+    post_copy = read_migration_config(tmp_path, STOCK)["post_copy"]
+    assert (post_copy["possible"], post_copy["via"]) == (False, "sysctl")
+    assert "CAP_IPC_LOCK" in post_copy["reason"]
+    status_file(tmp_path, "1", FULL_BOUNDING_SET)
+    assert read_migration_config(tmp_path, STOCK)["post_copy"]["possible"] is True
 
 
 def test_dev_userfaultfd_is_the_misc_device_or_not(tmp_path):

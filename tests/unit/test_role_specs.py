@@ -3,6 +3,10 @@ documented defaults and the migrate module."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +66,141 @@ def test_the_migrate_playbook_documents_the_module_defaults():
     for option, spec in mapped.items():
         assert spec.get("default") == migrate.ARGUMENT_SPEC[option].get("default"), option
         assert spec["type"] == migrate.ARGUMENT_SPEC[option]["type"], option
+
+
+HYPERVISOR = REPO / "roles" / "hypervisor"
+
+
+def hypervisor_specs():
+    return load(HYPERVISOR / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+
+
+def test_every_hypervisor_default_is_documented_with_the_same_value():
+    defaults = load(HYPERVISOR / "defaults" / "main.yml")
+    documented = hypervisor_specs()
+    assert set(defaults) == set(documented)
+    for name, value in defaults.items():
+        assert documented[name].get("default") == value, name
+
+
+def test_the_cgroup_controllers_are_the_one_setting_for_what_a_host_cannot_do():
+    """Left alone unless given (null: libvirt's default), a list of names when given; the readiness line names it."""
+    spec = hypervisor_specs()["hypervisor_qemu_cgroup_controllers"]
+    assert (spec["type"], spec["elements"], spec.get("default")) == ("list", "str", None)
+    assert "hypervisor_qemu_cgroup_controllers" in (REPO / "roles/hypervisor/tasks/verify.yml").read_text()
+    assert "hypervisor_qemu_cgroup_controllers" in (REPO / "playbooks/prepare_hosts.yml").read_text()
+    assert "hypervisor_qemu_cgroup_controllers" in (REPO / "docs/security.md").read_text()
+
+
+def test_every_family_lists_its_packages_without_python_libraries_on_the_host():
+    """The installed packages are read with dpkg-query or rpm: a minimal Debian host has no python3-apt, which
+    package_facts (and the apt module in check mode) need."""
+    families = load(HYPERVISOR / "vars" / "main.yml")["hypervisor_family_settings"]
+    assert {family["installed_query"][0] for family in families.values()} == {"dpkg-query", "rpm"}
+    assert "python3-apt" in families["Debian"]["packages"]
+    tasks = (HYPERVISOR / "tasks" / "packages.yml").read_text()
+    assert "ansible.builtin.package_facts" not in tasks
+
+
+def test_no_task_of_the_role_knows_about_containers():
+    for path in [*sorted((HYPERVISOR / "tasks").glob("*.yml")), HYPERVISOR / "vars" / "main.yml"]:
+        text = path.read_text().lower()
+        assert not any(word in text for word in ("container", "nspawn", "docker", "lxc")), path
+
+
+def run_role_templates(tmp_path, tasks, hosts=("h1", "h2", "h3")):
+    """Run ``tasks`` (set_fact/debug/fail only: nothing on any host) with the hypervisor role's vars on fake local
+    hosts; {task name: {host: result}} from the json callback."""
+    inventory = {"all": {"vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+                         "children": {"hypervisors": {"hosts": {host: {} for host in hosts}}}}}
+    play = [{"hosts": "hypervisors", "gather_facts": False,
+             "vars_files": [str(HYPERVISOR / "defaults" / "main.yml"), str(HYPERVISOR / "vars" / "main.yml")],
+             "vars": {"_hypervisor_daemon_mode": "monolithic"}, "tasks": tasks}]
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    env = {**os.environ, "ANSIBLE_STDOUT_CALLBACK": "json", "ANSIBLE_LOCALHOST_WARNING": "false",
+           "ANSIBLE_HOST_KEY_CHECKING": "false", "ANSIBLE_NOCOLOR": "1"}
+    completed = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "inventory.yml",
+                                "play.yml"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+                               timeout=120)
+    output = json.loads(completed.stdout)
+    return {task["task"]["name"]: task["hosts"] for task in output["plays"][0]["tasks"]}
+
+
+def task_of(name, path):
+    return next(task for task in load(HYPERVISOR / "tasks" / path) if task["name"] == name)
+
+
+def test_a_failed_host_is_left_out_and_the_others_go_on(tmp_path):
+    """Seen on fresh hosts: one host failed, and every other host failed at "Look up each peer's names here"
+    (the peers came from ansible_play_hosts_all, which still held the failed host without facts)."""
+    lookup = task_of("Look up each peer's names here (libvirt connects to the inventory name and sends memory to the "
+                     "host name)", "identity.yml")
+    unique_uuid = task_of("Give a unique libvirt host UUID to a host that shares one with another hypervisor",
+                          "identity.yml")
+    results = run_role_templates(tmp_path, [
+        {"name": "h2 fails before host_info read it", "ansible.builtin.fail": {"msg": "down"},
+         "when": "inventory_hostname == 'h2'"},
+        {"name": "host_info", "ansible.builtin.set_fact": {
+            "_hypervisor_facts": {"host": {"uuid": "same", "hostname": "{{ inventory_hostname }}-name"}}}},
+        {"name": "peers", "ansible.builtin.debug": {"msg": lookup["loop"]}},
+        {"name": "trusted", "ansible.builtin.debug": {"msg": "{{ _hypervisor_peers_in_play }}"}},
+        {"name": "shares a UUID with an earlier host", "ansible.builtin.debug": {
+            "msg": "{{ _hypervisor_facts.host.uuid in _hypervisor_earlier_uuids }}"}, "vars": unique_uuid["vars"]},
+    ])
+    assert results["h2 fails before host_info read it"]["h2"]["failed"] is True
+    assert {host: result["msg"] for host, result in results["peers"].items()} == {
+        "h1": ["h3", "h3-name"], "h3": ["h1", "h1-name"]}
+    assert {host: result["msg"] for host, result in results["trusted"].items()} == {"h1": ["h3"], "h3": ["h1"]}
+    assert {host: result["msg"] for host, result in results["shares a UUID with an earlier host"].items()} == {
+        "h1": False, "h3": True}
+
+
+def daemon_files(marker=False, pid_mtime=100.0, qemu_conf_mtime=50.0, daemon_conf_mtime=10.0):
+    stat = {"/run/kvm-live-migration.restart-pending": {"exists": marker, "mtime": 1.0},
+            "/run/libvirtd.pid": {"exists": pid_mtime is not None, "mtime": pid_mtime or 0},
+            "/etc/libvirt/qemu.conf": {"exists": True, "mtime": qemu_conf_mtime},
+            "/etc/libvirt/libvirtd.conf": {"exists": True, "mtime": daemon_conf_mtime}}
+    return {"results": [{"item": path, "stat": value} for path, value in stat.items()]}
+
+
+@pytest.mark.parametrize(("files", "due"), [
+    (daemon_files(), ""),
+    (daemon_files(marker=True), "a run changed its configuration and ended before restarting it"),
+    (daemon_files(qemu_conf_mtime=100.5), "/etc/libvirt/qemu.conf changed after it started"),
+    (daemon_files(daemon_conf_mtime=200.0), "/etc/libvirt/libvirtd.conf changed after it started"),
+    (daemon_files(pid_mtime=None, qemu_conf_mtime=500.0), ""),  # not running, or no pid file: nothing to tell
+    ({"skipped": True}, ""),
+], ids=["current", "marker-left-by-a-failed-run", "qemu-conf-newer", "daemon-conf-newer", "no-pid-file", "not-read"])
+def test_a_daemon_that_runs_an_older_configuration_is_told(tmp_path, files, due):
+    """Seen: a run changed qemu.conf and failed before its handler; the next run saw no change and never restarted
+    libvirtd. The marker and the pid file's age both tell the role (and verify.yml's readiness) to restart it."""
+    results = run_role_templates(tmp_path, [{"name": "due", "ansible.builtin.debug": {
+        "msg": "{{ _hypervisor_restart_due }}"}, "vars": {"_hypervisor_daemon_files": files}}], hosts=("h1",))
+    assert results["due"]["h1"]["msg"] == due
+
+
+def test_the_readiness_line_of_a_check_run_on_a_bare_host(tmp_path):
+    say = load(REPO / "playbooks" / "prepare_hosts.yml")[0]["tasks"][1]
+    bare = {"would_install": ["libvirt-daemon-system", "python3-apt"], "kvm_usable": None, "kvm_reason": None,
+            "post_copy_possible": None, "post_copy_reason": None, "tls_ready": None, "tls_problems": [],
+            "libvirt_config_current": None, "libvirt_config_stale": None, "qemu_cgroup_controllers": [],
+            "peers_trusted": [], "peers_untrusted": {}, "unresolved_names": []}
+    ready = {**bare, "would_install": [], "kvm_usable": False, "kvm_reason": "no vmx", "post_copy_possible": True,
+             "tls_ready": True, "libvirt_config_current": True, "qemu_cgroup_controllers": None,
+             "peers_trusted": ["h1"]}
+    stale = {**ready, "libvirt_config_current": False,
+             "libvirt_config_stale": "/etc/libvirt/qemu.conf changed after it started"}
+    extra = {**ready, "would_install": ["htop"]}  # check mode, libvirt installed: only an extra package is missing
+    results = run_role_templates(tmp_path, [
+        {"name": "readiness", "ansible.builtin.set_fact": {"hypervisor_readiness": "{{ cases[inventory_hostname] }}"},
+         "vars": {"cases": {"h1": bare, "h2": ready, "h3": stale, "h4": extra}}},
+        say], hosts=("h1", "h2", "h3", "h4"))
+    lines = {host: result["msg"] for host, result in results[say["name"]].items()}
+    assert lines == {
+        "h1": "h1: would install libvirt-daemon-system, python3-apt first; libvirt is read once they are installed; "
+              "qemu.conf cgroup_controllers = [] (hypervisor_qemu_cgroup_controllers)",
+        "h2": "h2: KVM not usable (no vmx); post-copy possible; TLS ready; peers trusted: h1",
+        "h3": "h3: KVM not usable (no vmx); post-copy possible; TLS ready; peers trusted: h1; libvirt runs an older "
+              "configuration (/etc/libvirt/qemu.conf changed after it started)",
+        "h4": "h4: KVM not usable (no vmx); post-copy possible; TLS ready; peers trusted: h1; would install htop"}

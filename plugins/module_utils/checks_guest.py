@@ -117,8 +117,11 @@ class NetworkPresence:
 
 def check_networks(interfaces, presences, dest_name):
     """Every libvirt network, bridge and host device the guest's interfaces use is active on the destination."""
+    interfaces, presences = list(interfaces), list(presences)
+    if len(interfaces) != len(presences):  # zip(strict=True)'s check, which Python 3.9 lacks
+        raise ValueError(f"check_networks: {len(interfaces)} interfaces but {len(presences)} presences")
     findings = []
-    for interface, presence in zip(interfaces, presences, strict=True):
+    for interface, presence in zip(interfaces, presences):
         label = f"interface {interface.mac or ''} ({presence.kind} {presence.name})".replace("  ", " ")
         if presence.state == "active":
             findings.append(ok("network", f"{label}: {presence.kind} {presence.name} is active on {dest_name}"))

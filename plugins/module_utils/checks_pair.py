@@ -188,7 +188,7 @@ def _validity_problems(what, cert, now, notes):
 
 
 def _utc(timestamp):
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _key_permission_problems(pair, notes):

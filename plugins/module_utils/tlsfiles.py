@@ -115,7 +115,7 @@ def describe_certificate(pem, key_pem=None):
 def _timestamp(cert, attribute):
     utc = getattr(cert, f"{attribute}_utc", None)  # cryptography >= 42; older ones give naive UTC
     if utc is None:
-        utc = getattr(cert, attribute).replace(tzinfo=datetime.UTC)
+        utc = getattr(cert, attribute).replace(tzinfo=datetime.timezone.utc)
     return utc.timestamp()
 
 

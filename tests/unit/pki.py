@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
+NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
 
 

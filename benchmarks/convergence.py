@@ -819,12 +819,18 @@ def main_matrix(args):
     return 1 if failed else 0
 
 
+def version_output(command):
+    """What ``command --version`` prints; nothing when the command is not installed (a '?' in the heading)."""
+    try:
+        return subprocess.run([command, "--version"], capture_output=True, text=True, check=False).stdout
+    except FileNotFoundError:
+        return ""
+
+
 def machine():
     """This machine and stack, for the results' heading."""
-    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False)
-    libvirt = subprocess.run(["libvirtd", "--version"], capture_output=True, text=True, check=False)
-    version = re.search(r"version (\d+\.\d+\.\d+)", qemu.stdout)
-    libvirt_version = re.search(r"(\d+\.\d+\.\d+)", libvirt.stdout)
+    version = re.search(r"version (\d+\.\d+\.\d+)", version_output("qemu-system-x86_64"))
+    libvirt_version = re.search(r"(\d+\.\d+\.\d+)", version_output("libvirtd"))
     return (f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 1024**3} GiB, "
             f"QEMU {version.group(1) if version else '?'} / "
             f"libvirt {libvirt_version.group(1) if libvirt_version else '?'}"

@@ -11,7 +11,9 @@
 # Usage: tests/sanity.sh [extra ansible-test sanity arguments]
 #   e.g. tests/sanity.sh --test validate-modules
 # Environment:
-#   KVMLM_VENV         venv holding ansible-core (default /opt/kvmlm/venv)
+#   KVMLM_VENV         venv holding ansible-core (default /opt/kvmlm/venv); ansible-test runs
+#                      with that venv's Python version (tests/ansible-core-matrix.sh passes the
+#                      venv of each ansible-core version it tests)
 #   KVMLM_SANITY_KEEP  set to 1 to keep the laid-out copy (path is printed)
 #
 # --venv (rather than --requirements, or --docker) is used: ansible-test runs
@@ -46,19 +48,22 @@ if ! git -C "$repo_root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     exit 2
 fi
 
+# The venv's Python version (3.11 for the default venv): ansible-test's --python.
+python_version=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 shim_marker='# kvm.live_migration get-pip stand-in'
 
 install_get_pip_shim() {
     local pip_version cache_file
-    # The pip version ansible-test bootstraps into its venvs (24.2 for
-    # ansible-core 2.19); the cache file name embeds it.
-    pip_version=$("$venv/bin/python" - <<'PY'
+    # The pip version ansible-test bootstraps into its venvs (23.1.2 for
+    # ansible-core 2.16 and 2.17, 24.2 for 2.18 and 2.19, 25.2 for 2.20); the
+    # cache file name embeds it.
+    pip_version=$("$venv/bin/python" - "$python_version" <<'PY'
 import sys
 
 from ansible_test._internal.host_configs import NativePythonConfig
 from ansible_test._internal.python_requirements import get_venv_packages
 
-print(get_venv_packages(NativePythonConfig(version="3.11", path=sys.executable))["pip"])
+print(get_venv_packages(NativePythonConfig(version=sys.argv[1], path=sys.executable))["pip"])
 PY
     )
     cache_file="$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
@@ -119,9 +124,10 @@ while IFS= read -r -d '' path; do
 done < <(git -C "$repo_root" ls-files -z --cached --others --exclude-standard --deduplicate)
 echo "sanity.sh: laid out $copied files in $dest"
 
-# The venv first on PATH: ansible-test resolves `python3.11` there, and the
-# private sanity venvs are then created from the same interpreter.
+# The venv first on PATH: ansible-test resolves `python3.11` (the venv's
+# version) there, and the private sanity venvs are then created from the same
+# interpreter.
 export PATH="$venv/bin:$PATH"
 cd "$dest"
 # ansible-test exits non-zero when any sanity test fails; set -e passes it on.
-"$ansible_test" sanity --python 3.11 --color no --venv "$@"
+"$ansible_test" sanity --python "$python_version" --color no --venv "$@"

@@ -232,3 +232,9 @@ def test_a_forced_throttle_start_replaces_the_budgets_choice_in_the_engine(monke
     assert (plan["throttle_initial_pct"], plan["throttle_step_pct"]) == (90, 1)
     convergence.force_throttle_start(99)
     assert engine.predict(*heavy)["throttle_step_pct"] == 1
+
+
+def test_the_results_heading_marks_a_stack_this_machine_does_not_have(monkeypatch):
+    """A controller without QEMU or libvirtd (the ansible-core matrix's chroot) still writes the results."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert convergence.machine().endswith("QEMU ? / libvirt ? under TCG")

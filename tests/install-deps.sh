@@ -24,6 +24,9 @@ packages=(
     python3-libvirt python3-cryptography
     # ansible-test sanity runs shellcheck on the lab scripts
     shellcheck git
+    # the real-hosts tier (tests/machines): systemd-nspawn machines from debootstrap, their packages through a
+    # caching proxy on this machine
+    debootstrap systemd-container apt-cacher-ng curl
 )
 backports_sources=/etc/apt/sources.list.d/kvmlm-bookworm-backports.sources
 pin_file=/etc/apt/preferences.d/kvmlm-virt.pref

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (as root on Debian 12):
-#   dependencies (the backports stack: QEMU 10.0 / libvirt 11.3) -> lint -> unit tests -> collection
+#   dependencies (the backports stack: QEMU 10.0 / libvirt 11.3) -> lint -> unit tests -> the Python floor (vermin)
+#   -> module-side unit tests under Python 3.9 and 3.13 -> collection
 #   build -> docs and changelog (tests/docs, tests/changelog.py) -> ansible-test sanity -> ansible-lint -> integration tests in the two-hypervisor lab (brought
 #   up and torn down by the tests) -> the molecule scenario (the same lab, driven by molecule)
-#   -> the stock stage: Debian 12's own QEMU 7.2 / libvirt 9.0, the lab tests marked "stock"
+#   -> real systemd hosts of Debian 11, 12 and 13 (tests/machines: prepare_hosts from a fresh install, migrations
+#   across the generations) -> the stock stage: Debian 12's own QEMU 7.2 / libvirt 9.0, the lab tests marked "stock"
 #   -> back to the backports stack.
 # Exits non-zero as soon as one stage fails. On the backports stack no test may be an expected failure.
 set -euo pipefail
@@ -47,6 +49,18 @@ ruff check .
 stage "unit tests"
 run_pytest tests/unit -q -p no:cacheprovider
 
+stage "python floor: vermin over the modules and module_utils (Python 3.9, RHEL 9's)"
+bash tests/python-floor.sh
+
+stage "module-side unit tests under Python 3.9 and 3.13 (chroots of Debian 11 and 13)"
+unit_pythons_log=$(mktemp)
+bash tests/unit-pythons.sh bullseye trixie | tee "$unit_pythons_log"
+for n in $(sed -n '/^=== module-side unit tests under/,$p' "$unit_pythons_log" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+'); do
+    tests_passed=$((tests_passed + n))
+done
+rm -f "$unit_pythons_log"
+bash tests/machines/machines.sh down >/dev/null  # the package proxy, if building a root started it
+
 stage "collection build"
 bash tests/build.sh
 
@@ -70,6 +84,12 @@ fi
 stage "molecule: the lab scenario (extensions/molecule/default)"
 molecule test
 tests_passed=$((tests_passed + 1))  # the molecule scenario
+
+stage "real hosts: systemd machines of Debian 11, 12 and 13 (tests/machines)"
+bash tests/machines/machines.sh down >/dev/null 2>&1 || true
+run_pytest tests/machines -q -rxs -p no:cacheprovider --rootdir tests/machines -c /dev/null \
+    -o console_output_style=classic
+bash tests/machines/machines.sh check-clean
 
 stage "stock stack: Debian 12's QEMU 7.2 / libvirt 9.0"
 KVMLM_STACK=stock bash tests/install-deps.sh

@@ -32,6 +32,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.errors import (
     MigrationError,
     from_libvirt_error,
     libvirt_errors,
+    post_copy_refusal_fix,
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.features import detect_features
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobs import completed_job_stats, measure_dirty_rate
@@ -66,11 +67,7 @@ _UNSUPPORTED_AT_START = (
                    "end of file while reading data")),
     ("auto_converge", ("auto_converge", "auto-converge")),
 )
-_FEATURE_FIXES = {
-    "post_copy": "set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root user), or give it "
-                 "libvirt >= 10.1 and QEMU >= 8.1, which use /dev/userfaultfd",
-    "auto_converge": "upgrade QEMU/libvirt on both hosts",
-}
+_AUTO_CONVERGE_FIX = "upgrade QEMU/libvirt on both hosts"
 ABORT_TIMEOUT_S = 30
 ABORT_RETRY_S = 2.0
 # Post-copy needs room on the destination for everything still on the source, and this much more.
@@ -240,12 +237,20 @@ class MigrationRunner:
             if unsupported is None:
                 break
             stop_watching()
-            features = features.without(unsupported, outcome.error.get_error_message())
-            self._record(f"{unsupported}_unavailable", f"{outcome.error.get_error_message()}; retrying without it "
-                                                       f"(to use it: {_FEATURE_FIXES[unsupported]})")
+            message = outcome.error.get_error_message()
+            features = features.without(unsupported, message)
+            self._record(f"{unsupported}_unavailable", f"{message}; retrying without it "
+                                                       f"(to use it: {self._feature_fix(unsupported, message)})")
         self._finish(result, watched, outcome, domain)
         stop_watching()
         return result
+
+    def _feature_fix(self, feature, message):
+        """What makes ``feature`` usable again: for post-copy it depends on what the destination said (an end of
+        file says nothing of the cause, which is then in the destination's QEMU log)."""
+        if feature == "post_copy":
+            return post_copy_refusal_fix(message, self.request.name)
+        return _AUTO_CONVERGE_FIX
 
     def _start(self, domain, prediction):
         outcome = _Outcome()

@@ -7,7 +7,10 @@ from conftest import DEST_URI, SOURCE_URI
 from fake_libvirt import GIB, MIB, C, Migration, completed_stats, libvirtError, sample
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor
-from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
+from ansible_collections.kvm.live_migration.plugins.module_utils.errors import (
+    POST_COPY_USERFAULTFD_FIX,
+    MigrationError,
+)
 from ansible_collections.kvm.live_migration.plugins.module_utils.migration import MigrationRunner
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import MigrationRequest
 
@@ -411,6 +414,10 @@ def test_run_retries_without_post_copy_when_the_refusal_shows_as_end_of_file(clo
 
     assert (result.status, result.strategy, len(job.starts)) == ("completed", "precopy", 2)
     assert [action["what"] for action in result.actions] == ["post_copy_unavailable"]
+    # The end of file says nothing of the cause: the fix sends to the destination's QEMU log, not to the sysctl.
+    why = result.actions[0]["why"]
+    assert "/var/log/libvirt/qemu/web01.log" in why and "CAP_IPC_LOCK" in why
+    assert "set vm.unprivileged_userfaultfd=1" not in why
 
 
 def test_run_retries_without_post_copy_the_destination_refuses(cloud, hv1, clock):
@@ -426,8 +433,7 @@ def test_run_retries_without_post_copy_the_destination_refuses(cloud, hv1, clock
     assert result.actions[0]["what"] == "post_copy_unavailable"
     assert result.actions[0]["why"] == (
         "internal error: unable to execute QEMU command 'migrate-set-capabilities': Postcopy is not supported; "
-        "retrying without it (to use it: set vm.unprivileged_userfaultfd=1 on the destination (QEMU runs as a non-root "
-        "user), or give it libvirt >= 10.1 and QEMU >= 8.1, which use /dev/userfaultfd)")
+        f"retrying without it (to use it: {POST_COPY_USERFAULTFD_FIX})")
 
 
 def test_run_does_not_retry_other_start_failures(cloud, hv1, clock):

@@ -1,0 +1,125 @@
+"""Real systemd hypervisors of three Debian generations (tests/machines/machines.sh) and Ansible against them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MACHINES_SH = REPO / "tests" / "machines" / "machines.sh"
+VENV = Path(os.environ.get("KVMLM_VENV", "/opt/kvmlm/venv"))
+NAMES = ("deb11", "deb12", "deb13")
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+
+
+def pytest_collection_modifyitems(items):
+    if os.geteuid() != 0:
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason="the machines need root (systemd-nspawn, a bridge)"))
+
+
+def machines(*args, check=True, timeout=900):
+    completed = subprocess.run([str(MACHINES_SH), *args], capture_output=True, text=True, timeout=timeout,
+                               check=False)
+    if check and completed.returncode != 0:
+        raise AssertionError(f"machines.sh {' '.join(args)} exited {completed.returncode}:\n"
+                             f"{completed.stdout[-3000:]}{completed.stderr[-3000:]}")
+    return completed
+
+
+def recap(output):
+    """{host: {"ok", "changed", "unreachable", "failed"}} from a playbook's PLAY RECAP."""
+    return {host: dict(zip(("ok", "changed", "unreachable", "failed"), map(int, counts), strict=True))
+            for host, *counts in RECAP.findall(output)}
+
+
+class Machines:
+    """Handles on the running machines: SSH, Ansible runs, the guest's console verdict."""
+
+    def __init__(self):
+        self.state = Path(os.environ.get("KVMLM_MACHINES_STATE", "/var/tmp/kvmlm-machines"))
+        self.inventory = self.state / "inventory.yml"
+        collections = subprocess.run([str(REPO / "tests" / "lab" / "collection-path.sh")], check=True,
+                                     capture_output=True, text=True).stdout.strip()
+        self.env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
+                    "ANSIBLE_COLLECTIONS_PATH": collections, "ANSIBLE_NOCOLOR": "1"}
+
+    def ssh(self, name, command, check=True):
+        return machines("ssh", name, command, check=check).stdout
+
+    def virsh(self, name, *args):
+        return self.ssh(name, "virsh -q -c qemu:///system " + " ".join(args))
+
+    def running_guests(self, name):
+        return set(self.virsh(name, "list", "--name").split())
+
+    def defined_guests(self, name):
+        return set(self.virsh(name, "list", "--all", "--name").split())
+
+    def start_guest(self, name, guest, memory_mib=256, dirty_mib=64, pages_per_s=0):
+        machines("guest-start", name, guest, str(memory_mib), str(dirty_mib), str(pages_per_s))
+
+    def assert_intact(self, name, guest, timeout_s=60):
+        """The guest runs on ``name`` as the one boot it always was, and verified its memory there twice since it
+        last printed anywhere else (tests/lab/guest_intact.py)."""
+        verdict = machines("guest-intact", name, guest, str(timeout_s), check=False, timeout=timeout_s + 30)
+        assert verdict.returncode == 0, verdict.stderr + verdict.stdout
+        return verdict.stdout.strip()
+
+    def libvirtd_pid(self, name):
+        return self.ssh(name, "systemctl show -p MainPID --value libvirtd").strip()
+
+    def playbook(self, playbook, *args, extra_vars=None, more_inventory=None):
+        """Run a playbook (a path or a collection playbook's name); return (exit code, its output)."""
+        command = [str(VENV / "bin" / "ansible-playbook"), "-i", str(self.inventory)]
+        if more_inventory:
+            command += ["-i", str(more_inventory)]
+        for key, value in (extra_vars or {}).items():
+            command += ["-e", json.dumps({key: value})]
+        command += [str(playbook), *args]
+        completed = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=1800, check=False)
+        return completed.returncode, completed.stdout + completed.stderr
+
+    def prepare(self, *args, **kwargs):
+        return self.playbook("kvm.live_migration.prepare_hosts", *args, **kwargs)
+
+    def module(self, name, module, args, tmp_path, check=False):
+        """Run kvm.live_migration.MODULE once on machine ``name``; return its registered result."""
+        playbook, result_file = tmp_path / f"{module}.yml", tmp_path / f"{module}.json"
+        playbook.write_text(textwrap.dedent(f"""\
+            - hosts: {name}
+              gather_facts: false
+              tasks:
+                - kvm.live_migration.{module}: {json.dumps(args)}
+                  register: module_result
+                  ignore_errors: true
+                - ansible.builtin.copy:
+                    content: "{{{{ module_result | to_json }}}}"
+                    dest: {result_file}
+                    mode: "0644"
+                  delegate_to: localhost
+                  check_mode: false
+            """))
+        code, output = self.playbook(playbook, *(["--check"] if check else []))
+        assert code == 0 and result_file.exists(), output
+        return json.loads(result_file.read_text())
+
+
+@pytest.fixture(scope="session")
+def bare_machines():
+    """Three fresh machines (deb11, deb12, deb13), as a new install leaves them; torn down at the end."""
+    machines("up", timeout=1200)
+    try:
+        yield Machines()
+    finally:
+        # KVMLM_MACHINES_KEEP=1 leaves them up to look at after a failure (machines.sh down later).
+        if os.environ.get("KVMLM_MACHINES_KEEP") != "1":
+            machines("down", timeout=300)
+            leftovers = machines("check-clean", check=False)
+            assert leftovers.returncode == 0, f"the machines' teardown left things behind:\n{leftovers.stdout}"

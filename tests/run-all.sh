@@ -55,9 +55,9 @@ bash tests/python-floor.sh
 stage "module-side unit tests under Python 3.9 and 3.13 (chroots of Debian 11 and 13)"
 unit_pythons_log=$(mktemp)
 bash tests/unit-pythons.sh bullseye trixie | tee "$unit_pythons_log"
-for n in $(sed -n '/^=== module-side unit tests under/,$p' "$unit_pythons_log" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+'); do
+while read -r n; do
     tests_passed=$((tests_passed + n))
-done
+done < <(sed -n '/^=== module-side unit tests under/,$p' "$unit_pythons_log" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+')
 rm -f "$unit_pythons_log"
 bash tests/machines/machines.sh down >/dev/null  # the package proxy, if building a root started it
 
@@ -70,6 +70,9 @@ run_pytest tests/docs -q -p no:cacheprovider --rootdir tests/docs -c /dev/null
 
 stage "ansible-test sanity"
 bash tests/sanity.sh
+
+stage "ansible-core matrix: unit tests and sanity under 2.16-2.20 (2.20 on Python 3.13 in a trixie chroot)"
+bash tests/ansible-core-matrix.sh
 
 stage "ansible-lint"
 ansible-lint

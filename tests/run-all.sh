@@ -35,7 +35,7 @@ run_pytest() {
 
 run_lab_tests() {
     bash tests/lab/lab.sh down >/dev/null 2>&1 || true
-    run_pytest tests/integration -q -rxs -p no:cacheprovider --rootdir tests/integration -c /dev/null \
+    run_pytest tests/integration -q -rxs --durations=12 -p no:cacheprovider --rootdir tests/integration -c /dev/null \
         -o console_output_style=classic "$@"
     bash tests/lab/lab.sh check-clean
 }
@@ -90,7 +90,7 @@ tests_passed=$((tests_passed + 1))  # the molecule scenario
 
 stage "real hosts: systemd machines of Debian 11, 12 and 13 (tests/machines)"
 bash tests/machines/machines.sh down >/dev/null 2>&1 || true
-run_pytest tests/machines -q -rxs -p no:cacheprovider --rootdir tests/machines -c /dev/null \
+run_pytest tests/machines -q -rxs --durations=12 -p no:cacheprovider --rootdir tests/machines -c /dev/null \
     -o console_output_style=classic
 bash tests/machines/machines.sh check-clean
 

@@ -10,6 +10,11 @@
 # Then, from that venv: `pytest tests/unit -q -p no:cacheprovider` and `KVMLM_VENV=<venv> bash tests/sanity.sh`.
 #
 # Usage: tests/ansible-core-matrix.sh [VERSION...]   (default: 2.16 2.17 2.18 2.19 2.20)
+#        tests/ansible-core-matrix.sh --controller VERSION [--bind DIR]... -- COMMAND...
+#            COMMAND (ansible-playbook ...) from VERSION's venv, with this repository as the collection
+#            kvm.live_migration: a controller of that ansible-core, e.g. for tests/machines. For 2.20 it runs in
+#            the chroot, which shares this machine's network; each DIR (absolute) is mounted there at its own
+#            path, so inventories, keys and result files keep their names.
 # Prints one line per version (ansible-core, Python, unit tests, sanity, seconds) and exits non-zero when any
 # version failed. The logs stay in $KVMLM_CORE_SCRATCH/logs (default /var/tmp/kvmlm-core-matrix/logs).
 #
@@ -35,8 +40,10 @@ declare -A sanity_subset=([2.17]=$sanity_subset_tests [2.18]=$sanity_subset_test
 core_dir=${KVMLM_CORE_DIR:-/opt/kvmlm/core}
 scratch=${KVMLM_CORE_SCRATCH:-/var/tmp/kvmlm-core-matrix}
 chroot_root=$scratch/trixie
-chroot_packages="python3 python3-venv git shellcheck ca-certificates"
-chroot_recipe=1  # bump when ensure_chroot changes, so the copy is made again
+# openssh-client and python3-cryptography: a controller (--controller) reaches hosts over SSH and makes TLS
+# certificates on localhost with the inventory's /usr/bin/python3.
+chroot_packages="python3 python3-venv git shellcheck ca-certificates openssh-client python3-cryptography"
+chroot_recipe=2  # bump when ensure_chroot changes, so the copy is made again
 inside_logs=/var/tmp/kvmlm-core-matrix-logs  # where the chroot sees $scratch/logs
 inside_repo=/src/kvmlm
 inside_ca_bundle=/etc/ssl/kvmlm-host-ca-bundle.crt
@@ -60,8 +67,9 @@ requirements() {
 # whole `ansible` package, it comes from the community package built for the same ansible-core: only the
 # ansible.posix collection is taken out of that package's wheel (installing the package would add 470 MB and
 # 40,000 files to each venv).
+# The roles' collections (community.crypto, community.general) come the same way, for --controller.
 declare -A community_package=([2.16]=9 [2.17]=10 [2.18]=11 [2.19]=12 [2.20]=13)
-collections_from_package=(ansible/posix)
+collections_from_package=(ansible/posix community/crypto community/general)
 
 install_collections() {
     local version=$1 venv=$2 download=$2/.download
@@ -152,7 +160,8 @@ run_version() {
 }
 
 # in_chroot ROOT CMD...: CMD inside ROOT as root, with a clean environment, /proc, /dev, the repository
-# (read-only) and the log directory mounted in a mount namespace of its own, so nothing outlives it.
+# (read-only), the log directory and the directories of KVMLM_CHROOT_BINDS (colon-separated, at their own
+# paths) mounted in a mount namespace of its own, so nothing outlives it.
 in_chroot() {
     local root=$1
     shift
@@ -165,17 +174,23 @@ in_chroot() {
     printf '[global]\ncert = %s\n' "$inside_ca_bundle" >"$root/etc/pip.conf"
     # shellcheck disable=SC2016 # the inner bash expands them
     unshare --mount --propagation private -- bash -euo pipefail -c '
-        root=$1 repo=$2 logs=$3 inside_repo=$4 inside_logs=$5 ca_bundle=$6
-        shift 6
+        root=$1 repo=$2 logs=$3 inside_repo=$4 inside_logs=$5 ca_bundle=$6 binds=$7
+        shift 7
         mount -t proc proc "$root/proc"
         mount --rbind /dev "$root/dev"
         mount --bind "$repo" "$root$inside_repo"
         mount -o remount,bind,ro "$root$inside_repo"
         mount --bind "$logs" "$root$inside_logs"
+        IFS=: read -r -a extra <<<"$binds"
+        for dir in "${extra[@]}"; do
+            mkdir -p "$root$dir"
+            mount --bind "$dir" "$root$dir"
+        done
         exec chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive \
             PIP_CERT="$ca_bundle" SSL_CERT_FILE="$ca_bundle" REQUESTS_CA_BUNDLE="$ca_bundle" \
             PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
-    ' in_chroot "$root" "$repo" "$scratch/logs" "$inside_repo" "$inside_logs" "$inside_ca_bundle" "$@"
+    ' in_chroot "$root" "$repo" "$scratch/logs" "$inside_repo" "$inside_logs" "$inside_ca_bundle" \
+        "${KVMLM_CHROOT_BINDS:-}" "$@"
 }
 
 # ensure_chroot: $chroot_root, a copy of the pristine trixie root with what the matrix needs installed.
@@ -217,6 +232,51 @@ host_python() {
 # where the logs are seen outside).
 if [[ "${1:-}" == --inside ]]; then
     run_version "$2" /usr/bin/python3 "$inside_logs" "$3"
+    exit
+fi
+
+# run_controller VERSION PYTHON CMD...: CMD with VERSION's venv first on PATH and this repository as the
+# collection kvm.live_migration (a collection path of its own, beside the venv's collections).
+run_controller() {
+    local version=$1 python=$2 farm
+    shift 2
+    ensure_venv "$version" "$python" >&2
+    farm=$(mktemp -d)
+    mkdir -p "$farm/ansible_collections/kvm"
+    ln -s "$repo" "$farm/ansible_collections/kvm/live_migration"
+    PATH="$core_dir/$version/bin:$PATH" ANSIBLE_COLLECTIONS_PATH=$farm "$@" || { local rc=$?; rm -rf -- "$farm"; return "$rc"; }
+    rm -rf -- "$farm"
+}
+
+if [[ "${1:-}" == --inside-controller ]]; then
+    shift
+    version=$1
+    shift
+    export ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
+    run_controller "$version" /usr/bin/python3 "$@"
+    exit
+fi
+
+if [[ "${1:-}" == --controller ]]; then
+    version=${2:-}
+    [[ " ${all_versions[*]} " == *" $version "* ]] || die "--controller needs a version of ${all_versions[*]}, not '$version'"
+    shift 2
+    binds=()
+    while [[ "${1:-}" == --bind ]]; do
+        [[ "${2:-}" == /* && -d "${2:-}" ]] || die "--bind needs an existing absolute directory, not '${2:-}'"
+        binds+=("$2")
+        shift 2
+    done
+    [[ "${1:-}" == -- ]] && shift
+    [[ $# -gt 0 ]] || die "--controller $version: give the command after --"
+    if [[ "$chroot_versions" == *" $version "* ]]; then
+        [[ "$(id -u)" -eq 0 ]] || die "run as root (ansible-core $version runs in a chroot)"
+        ensure_chroot
+        KVMLM_CHROOT_BINDS=$(IFS=:; echo "${binds[*]}") \
+            in_chroot "$chroot_root" bash "$inside_repo/tests/ansible-core-matrix.sh" --inside-controller "$version" "$@"
+    else
+        run_controller "$version" "$(host_python)" "$@"
+    fi
     exit
 fi
 

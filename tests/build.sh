@@ -42,7 +42,7 @@ tarball=${tarballs[0]}
 members=$(tar -tzf "$tarball" | sed -e 's|^\./||' -e '/^$/d')
 
 # Paths (relative to the collection root) that must never be shipped.
-forbidden='^(tests|\.ci|benchmarks|lab-state|\.venv|\.ansible|\.git)(/|$)|(^|/)(__pycache__|\.pytest_cache|\.ruff_cache)(/|$)|\.pyc$|\.tar\.gz$'
+forbidden='^(tests|\.ci|benchmarks|extensions|lab-state|\.venv|\.ansible|\.git)(/|$)|^(DEVELOPERS\.md|pyproject\.toml|test-requirements\.txt|\.ansible-lint|\.yamllint)$|(^|/)(__pycache__|\.pytest_cache|\.ruff_cache)(/|$)|\.pyc$|\.tar\.gz$'
 if leaked=$(grep -E "$forbidden" <<<"$members"); then
     echo "build.sh: $tarball contains paths that build_ignore should exclude:" >&2
     while IFS= read -r line; do

@@ -117,7 +117,8 @@ if [ "$(cat "$built_against" 2>/dev/null)" != "$libvirt_version" ]; then
         "$(grep -E '^libvirt-python' "$repo/requirements.txt")"
     echo "$libvirt_version" >"$built_against"
 fi
-"$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/requirements.txt" -r "$repo/test-requirements.txt"
+"$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/requirements.txt" \
+    -r "$repo/requirements-controller.txt" -r "$repo/test-requirements.txt"
 "$venv/bin/python" -c 'import libvirt' || { echo "install-deps.sh: libvirt-python does not load" >&2; exit 1; }
 echo "install-deps.sh: ready ($stack stack: $(qemu-system-x86_64 --version | head -1), libvirt $libvirt_version;" \
     "$("$venv/bin/ansible" --version | head -1), venv $venv)"

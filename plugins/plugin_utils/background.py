@@ -6,9 +6,10 @@
 The action plugins of ``migrate`` and ``evacuate`` use it: the module is started the way ``async``
 starts one, with a ``progress_path`` in the host's async directory; every ``progress_interval``
 seconds one ``async_status`` call says whether it ended and one ``slurp`` reads the snapshot the
-module wrote, whose lines go to the playbook's output. The result is the module's own, as if it
-had run in the foreground. With ``async`` set on the task, in check mode or with
-``progress_interval: 0`` the module runs as any other.
+module wrote, whose lines go to the playbook's standard error (its standard output belongs to the
+stdout callback). The result is the module's own, as if it had run in the foreground. With
+``async`` set on the task, in check mode or with ``progress_interval: 0`` the module runs as any
+other.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def _follow(action, task_vars, job_id, async_dir, progress_path, pacing):
             break
         snapshot = _read_snapshot(action, task_vars, progress_path)
         for line in progress_lines(snapshot, host) if snapshot else ():
-            display.display(line)
+            # stderr: stdout belongs to the stdout callback, which may be a document (ansible.posix.json).
+            display.display(line, stderr=True)
     action._execute_module(module_name="ansible.legacy.async_status", task_vars=task_vars,
                            module_args={"jid": job_id, "mode": "cleanup", "_async_dir": async_dir})
     action._remove_tmp_path(action._connection._shell.tmpdir)

@@ -91,6 +91,37 @@ def test_the_link_check_can_fail(tmp_path):
     assert [problem.split(":")[0] for problem in broken_links(page)] == ["missing.md", "other.md#no-such"]
 
 
+# Where the shipped documents send readers for what the tarball leaves out (benchmarks/, DEVELOPERS.md, tests/).
+REPOSITORY_URLS = re.compile(r"https://(?:github\.com/kvm-live-migration/kvm\.live_migration/(?:blob|tree)/main|"
+                             r"raw\.githubusercontent\.com/kvm-live-migration/kvm\.live_migration/main)/([^)#\s]+)"
+                             r"(?:#([^)\s]+))?")
+
+
+def broken_repository_links(document):
+    """Links to files of this repository by URL (the shipped documents' way to name unshipped files) that name no
+    file of the checkout, or no heading of it."""
+    for path, anchor in REPOSITORY_URLS.findall(document.read_text()):
+        target = REPO_ROOT / path
+        if not target.exists():
+            yield f"{path}: no such file in the repository"
+        elif anchor and target.suffix == ".md" and anchor not in github_anchors(target.read_text()):
+            yield f"{path}#{anchor}: {target.name} has no heading with that anchor"
+
+
+@pytest.mark.parametrize("document", markdown_documents(), ids=lambda path: str(path.relative_to(REPO_ROOT)))
+def test_every_link_to_the_repository_names_one_of_its_files(document):
+    assert list(broken_repository_links(document)) == []
+
+
+def test_the_shipped_documents_link_only_to_what_is_shipped(installed_collection):
+    """Installed from the tarball, the README, the changelog and docs/ resolve every relative link there."""
+    root = installed_collection / "ansible_collections" / "kvm" / "live_migration"
+    documents = sorted(root.rglob("*.md"))
+    assert root / "README.md" in documents and len(documents) > 5
+    assert {str(document.relative_to(root)): list(broken_links(document)) for document in documents
+            if list(broken_links(document))} == {}
+
+
 def test_the_readme_indexes_every_guide():
     readme = (REPO_ROOT / "README.md").read_text()
     guides = sorted(path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "docs").glob("*.md"))

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import textwrap
+from xml.etree import ElementTree
+
+from conftest import VENV
 
 
 def test_the_documented_async_pattern_follows_the_migration_until_the_task_ends(running_lab, tmp_path):
@@ -54,3 +59,45 @@ def test_the_documented_async_pattern_follows_the_migration_until_the_task_ends(
         running_lab.assert_intact("hv2", "background", before)
     finally:
         running_lab.remove_guest("background")
+
+
+def test_the_progress_leaves_a_json_callbacks_output_json_and_junit_reports_clean(running_lab, tmp_path):
+    """ansible.posix.json as the stdout callback and ansible.builtin.junit beside it, during a migration that
+    prints its progress: stdout is one JSON document holding the result, the progress lines went to stderr, and
+    the JUnit report is XML without them."""
+    running_lab.start_guest("hv1", "jsonout", memory_mib=512, dirty_mib=64, pages_per_s=1000)
+    try:
+        before = running_lab.console("hv1", "jsonout")
+        playbook = tmp_path / "json.yml"
+        playbook.write_text(textwrap.dedent("""\
+            - name: JSON output
+              hosts: hv1
+              gather_facts: false
+              tasks:
+                - name: Migrate with progress every second
+                  kvm.live_migration.migrate:
+                    name: jsonout
+                    dest_host: hv2
+                    bandwidth: 48
+                    progress_interval: 1
+            """))
+        junit = tmp_path / "junit"
+        env = {**running_lab.env, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+               "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.junit", "JUNIT_OUTPUT_DIR": str(junit)}
+        completed = subprocess.run([str(VENV / "bin" / "ansible-playbook"), "-i", str(running_lab.inventory),
+                                    str(playbook)], env=env, capture_output=True, text=True, timeout=600,
+                                   check=False)
+        assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+        document = json.loads(completed.stdout)  # the whole of stdout, nothing before or after it
+        result = document["plays"][0]["tasks"][0]["hosts"]["hv1"]
+        assert (result["migration"]["status"], result["migration"]["owner"]) == ("completed", "hv2")
+        progress = re.findall(r"^hv1: jsonout -> hv2: pass \d+.*$", completed.stderr, re.MULTILINE)
+        assert len(progress) >= 2, completed.stderr[-3000:]  # 512 MiB at 48 MiB/s: several seconds of it
+        (report,) = junit.glob("*.xml")
+        (case,) = ElementTree.parse(report).getroot().iter("testcase")
+        assert case.get("name").startswith("[hv1] JSON output: Migrate with progress every second"), case.get("name")
+        assert "jsonout -> hv2: pass" not in report.read_text()
+        running_lab.assert_intact("hv2", "jsonout", before)
+    finally:
+        running_lab.remove_guest("jsonout")

@@ -100,6 +100,24 @@ def test_the_shipped_playbook_takes_its_options_from_the_inventory(running_lab, 
     assert running_lab.defined_guests("hv1") == set()
 
 
+def test_a_bad_option_in_the_inventory_is_refused_by_name_before_anything_moves(running_lab, dirty_guest, tmp_path):
+    """The check runs on the source, where the hypervisors' group variables are visible (on localhost they were
+    not, and a bad transport passed it)."""
+    source = "hv2" if dirty_guest in running_lab.running_guests("hv2") else "hv1"
+    destination = {"hv1": "hv2", "hv2": "hv1"}[source]
+    inventory = tmp_path / "bad.yml"
+    inventory.write_text("all:\n  children:\n    hypervisors:\n      vars:\n        migrate_transport: bogus\n"
+                         f"      hosts:\n        {source}: {{}}\n")
+    code, output = running_lab.playbook(REPO / "playbooks" / "migrate.yml", {
+        "migrate_guest": dirty_guest, "migrate_source": source, "migrate_destination": destination},
+        more_inventory=inventory)
+    assert code != 0, output
+    assert "migrate_transport" in output and "bogus" in output, output[-3000:]
+    assert "TASK [Live-migrate" not in output
+    assert running_lab.running_guests(source) == {dirty_guest}
+    assert running_lab.defined_guests(destination) == set()
+
+
 def test_cleartext_transport_is_refused_without_allow_insecure(running_lab, dirty_guest, tmp_path):
     result = running_lab.module("hv2", {"name": dirty_guest, "dest_host": "hv1", "transport": "tcp"}, tmp_path)
     assert result["failed"] is True

@@ -565,49 +565,15 @@ cmd_status() {
     return $ok
 }
 
-# pti=on, on QEMU 7.x only: QEMU 7.2 under TCG loses writes made through TLB entries that outlive a
-# dirty-bitmap sync (the migrated guest then panics on the destination, or its memory check fails).
-# Page-table isolation reloads CR3 on every kernel entry, and TCG flushes its TLB on each reload, which
-# makes that rarer. QEMU 10.0 does not lose the writes; KVM tracks dirty pages in the kernel. See
-# DEVELOPERS.md. KVMLM_GUEST_CMDLINE adds to the kernel command line (the workload's kvmlm.* settings).
-guest_cmdline_extra() {
-    case "$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p')" in
-        [0-7]) printf ' pti=on' ;;
-    esac
-    [ -z "${KVMLM_GUEST_CMDLINE:-}" ] || printf ' %s' "$KVMLM_GUEST_CMDLINE"
-}
+# The guest's definition: tests/lab/guest/guest-xml.sh (pti=on below QEMU 8: see there and DEVELOPERS.md).
+# KVMLM_GUEST_CMDLINE adds to the kernel command line (the workload's kvmlm.* settings).
+# shellcheck source=tests/lab/guest/guest-xml.sh
+. "$HERE/guest/guest-xml.sh"
 
 guest_xml() {
-    local name=$1 memory=$2 mib=$3 rate=$4 touch=${5:-$3}
-    cat <<EOF
-<domain type='qemu'>
-  <name>$name</name>
-  <memory unit='MiB'>$memory</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>$LAB_IMAGES/vmlinuz</kernel>
-    <initrd>$LAB_IMAGES/initrd.gz</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 kvmlm.mib=$mib kvmlm.rate=$rate kvmlm.touch_mib=$touch$(guest_cmdline_extra)</cmdline>
-  </os>
-  ${KVMLM_GUEST_CPU:-}
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <serial type='pty'>
-      <log file='/var/log/libvirt/qemu/$name-serial.log' append='on'/>
-      <target port='0'/>
-    </serial>
-    <console type='pty'>
-      <target type='serial' port='0'/>
-    </console>
-    <memballoon model='none'/>
-    ${KVMLM_GUEST_DEVICES:-}
-  </devices>
-</domain>
-EOF
+    local name=$1 memory=$2 mib=$3 rate=$4 touch=${5:-$3} qemu_major
+    qemu_major=$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p')
+    kvmlm_guest_xml "$name" "$memory" "$mib" "$rate" "$touch" "$LAB_IMAGES" "$qemu_major" "${KVMLM_GUEST_CMDLINE:-}"
 }
 
 # Defines NAME persistently on HOST, starts it and waits until its workload reports ready.

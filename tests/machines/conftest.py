@@ -13,6 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MACHINES_SH = REPO / "tests" / "machines" / "machines.sh"
+CORE_MATRIX_SH = REPO / "tests" / "ansible-core-matrix.sh"
 VENV = Path(os.environ.get("KVMLM_VENV", "/opt/kvmlm/venv"))
 NAMES = ("deb11", "deb12", "deb13")
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
@@ -33,6 +34,11 @@ def machines(*args, check=True, timeout=900):
     return completed
 
 
+def host_times(output):
+    """{host: seconds from its first task to its last result} (callback_plugins/host_times.py)."""
+    return {host: int(seconds) for host, seconds in re.findall(r"^host_times (\S+) (\d+)$", output, re.MULTILINE)}
+
+
 def recap(output):
     """{host: {"ok", "changed", "unreachable", "failed"}} from a playbook's PLAY RECAP."""
     return {host: dict(zip(("ok", "changed", "unreachable", "failed"), map(int, counts), strict=True))
@@ -48,7 +54,10 @@ class Machines:
         collections = subprocess.run([str(REPO / "tests" / "lab" / "collection-path.sh")], check=True,
                                      capture_output=True, text=True).stdout.strip()
         self.env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
-                    "ANSIBLE_COLLECTIONS_PATH": collections, "ANSIBLE_NOCOLOR": "1"}
+                    "ANSIBLE_COLLECTIONS_PATH": collections, "ANSIBLE_NOCOLOR": "1",
+                    # each host's own time, printed at the end (callback_plugins/host_times.py)
+                    "ANSIBLE_CALLBACK_PLUGINS": str(Path(__file__).parent / "callback_plugins"),
+                    "ANSIBLE_CALLBACKS_ENABLED": "host_times"}
 
     def ssh(self, name, command, check=True):
         return machines("ssh", name, command, check=check).stdout
@@ -72,24 +81,45 @@ class Machines:
         assert verdict.returncode == 0, verdict.stderr + verdict.stdout
         return verdict.stdout.strip()
 
+    def boot_id(self, name):
+        return self.ssh(name, "cat /proc/sys/kernel/random/boot_id").strip()
+
     def libvirtd_pid(self, name):
         return self.ssh(name, "systemctl show -p MainPID --value libvirtd").strip()
 
-    def playbook(self, playbook, *args, extra_vars=None, more_inventory=None):
-        """Run a playbook (a path or a collection playbook's name); return (exit code, its output)."""
-        command = [str(VENV / "bin" / "ansible-playbook"), "-i", str(self.inventory)]
+    def playbook(self, playbook, *args, extra_vars=None, more_inventory=None, core=None, files=()):
+        """Run a playbook (a path or a collection playbook's name); return (exit code, its output).
+
+        ``core``: an ansible-core version of tests/ansible-core-matrix.sh (``"2.16"``, ``"2.20"``) to run it with
+        instead of the venv's; ``files``: the directories its paths lie in (2.20 runs in a chroot that sees only
+        those and the machines' state).
+        """
+        command = ["ansible-playbook", "-i", str(self.inventory)]
         if more_inventory:
             command += ["-i", str(more_inventory)]
         for key, value in (extra_vars or {}).items():
             command += ["-e", json.dumps({key: value})]
         command += [str(playbook), *args]
+        if core is None:
+            command[0] = str(VENV / "bin" / "ansible-playbook")
+        else:
+            binds = [str(path) for path in (self.state, *files)]
+            command = [str(CORE_MATRIX_SH), "--controller", core,
+                       *(word for path in binds for word in ("--bind", path)), "--", *command]
         completed = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=1800, check=False)
         return completed.returncode, completed.stdout + completed.stderr
+
+    def controller_version(self, core):
+        """``ansible-playbook --version``'s first line and Python line from the controller ``core`` names."""
+        command = [str(CORE_MATRIX_SH), "--controller", core, "--", "ansible-playbook", "--version"]
+        completed = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=900, check=True)
+        lines = completed.stdout.splitlines()
+        return " / ".join([lines[0], *(line.strip() for line in lines if line.strip().startswith("python version"))])
 
     def prepare(self, *args, **kwargs):
         return self.playbook("kvm.live_migration.prepare_hosts", *args, **kwargs)
 
-    def module(self, name, module, args, tmp_path, check=False):
+    def module(self, name, module, args, tmp_path, check=False, core=None):
         """Run kvm.live_migration.MODULE once on machine ``name``; return its registered result."""
         playbook, result_file = tmp_path / f"{module}.yml", tmp_path / f"{module}.json"
         playbook.write_text(textwrap.dedent(f"""\
@@ -100,20 +130,21 @@ class Machines:
                   register: module_result
                   ignore_errors: true
                 - ansible.builtin.copy:
-                    content: "{{{{ module_result | to_json }}}}"
+                    content: "{{{{ module_result | combine({{'controller_core': ansible_version.full}}) | to_json }}}}"
                     dest: {result_file}
                     mode: "0644"
                   delegate_to: localhost
                   check_mode: false
             """))
-        code, output = self.playbook(playbook, *(["--check"] if check else []))
+        code, output = self.playbook(playbook, *(["--check"] if check else []), core=core, files=[tmp_path])
         assert code == 0 and result_file.exists(), output
         return json.loads(result_file.read_text())
 
 
 @pytest.fixture(scope="session")
 def bare_machines():
-    """Three fresh machines (deb11, deb12, deb13), as a new install leaves them; torn down at the end."""
+    """Three fresh machines (deb11, deb12, deb13), as a new install leaves them (a test may add deb13b); torn down
+    at the end."""
     machines("up", timeout=1200)
     try:
         yield Machines()

@@ -1,19 +1,24 @@
-"""The collection on real systemd hypervisors of three Debian generations, from a fresh install to migrations.
+"""The collection on real systemd hypervisors of three Debian generations, from a fresh install to maintenance.
 
 One scenario, in order, on the same three machines (deb11: Python 3.9, libvirt 7.0, QEMU 5.2; deb12: 3.11, 9.0,
 7.2; deb13: 3.13, 11.3, 10.0), each booted by systemd from a fresh debootstrap with sshd, python3 and nftables
-with a drop policy, nothing of libvirt: what a new user's hosts look like. Each step is a test; a step relies on
-the ones before it.
+with a drop policy, nothing of libvirt: what a new user's hosts look like. A fourth, deb13b (trixie), joins for
+the rolling maintenance, which needs a host of the same generation to bring the guests back from. The oldest and
+the newest ansible-core the collection claims (2.16 on Python 3.11, 2.20 on Python 3.13) prepare the hosts and
+migrate once each. Each step is a test; a step relies on the ones before it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
-from conftest import NAMES, machines, recap
+from conftest import NAMES, host_times, machines, recap
 
 GUEST = "upgraded"
+EVACUEE = "evacuee"
+OLDEST_CORE, NEWEST_CORE = "2.16", "2.20"
 # The firewall of a careful admin: the role must open what migration needs, and nothing is open before it.
 NO_FIREWALL = {"hypervisor_manage_firewall": False}
 
@@ -55,6 +60,7 @@ def test_a_failed_host_does_not_stop_the_others(hosts, tmp_path):
     broken = tmp_path / "broken.yml"
     broken.write_text("all:\n  hosts:\n    deb13:\n      hypervisor_migration_port_min: 70000\n")
     code, output = hosts.prepare(extra_vars=NO_FIREWALL, more_inventory=broken)
+    print(f"prepare from a fresh install, seconds per host: {host_times(output)}")
     assert code != 0
     assert_recap(output, ["deb11", "deb12"])
     assert recap(output)["deb13"]["failed"] == 1, output[-4000:]
@@ -69,6 +75,7 @@ def test_the_firewall_refuses_migration_until_the_role_opens_it(hosts, tmp_path)
     assert refused & {"ports", "transport"}, closed["findings"]
 
     code, output = hosts.prepare()
+    print(f"prepare (deb13 from a fresh install, the firewall on all), seconds per host: {host_times(output)}")
     assert code == 0, output[-6000:]
     assert_recap(output, NAMES)
     for name in NAMES:
@@ -82,12 +89,13 @@ def test_the_firewall_refuses_migration_until_the_role_opens_it(hosts, tmp_path)
     assert opened["failed"] is False, failures(opened)
 
 
-def test_a_second_run_and_check_mode_change_nothing(hosts):
-    code, output = hosts.prepare()
+@pytest.mark.parametrize(("core", "mode"), [(OLDEST_CORE, []), (NEWEST_CORE, ["--check"])],
+                         ids=["second-run-2.16", "check-mode-2.20"])
+def test_a_second_run_and_check_mode_change_nothing_from_the_oldest_and_the_newest_ansible_core(hosts, core, mode):
+    print(hosts.controller_version(core))
+    code, output = hosts.prepare(*mode, core=core)
     assert code == 0, output[-6000:]
-    assert_recap(output, NAMES, changed=0)
-    code, output = hosts.prepare("--check")
-    assert code == 0, output[-6000:]
+    print(recap(output))
     assert_recap(output, NAMES, changed=0)
 
 
@@ -113,8 +121,6 @@ def test_a_restart_left_pending_by_a_failed_run_happens_on_the_next_run(hosts):
 
 
 def test_the_firewall_rule_survives_a_reboot(hosts):
-    code, output = hosts.prepare("--limit", "deb13")
-    assert code == 0, output
     machines("reboot", "deb13")
     assert "kvm.live_migration" in hosts.ssh("deb13", "nft list ruleset")
     assert hosts.ssh("deb13", "systemctl is-active libvirtd").strip() == "active"
@@ -123,10 +129,12 @@ def test_the_firewall_rule_survives_a_reboot(hosts):
     assert_recap(output, ["deb13"], changed=0)
 
 
-@pytest.mark.parametrize(("source", "destination"), [("deb11", "deb12"), ("deb12", "deb13")])
-def test_tls_migration_to_the_next_generation_keeps_the_guest_intact(hosts, tmp_path, source, destination):
-    result = hosts.module(source, "migrate", {"name": GUEST, "dest_host": destination}, tmp_path)
+@pytest.mark.parametrize(("source", "destination", "core"), [("deb11", "deb12", OLDEST_CORE),
+                                                             ("deb12", "deb13", NEWEST_CORE)])
+def test_tls_migration_to_the_next_generation_keeps_the_guest_intact(hosts, tmp_path, source, destination, core):
+    result = hosts.module(source, "migrate", {"name": GUEST, "dest_host": destination}, tmp_path, core=core)
     assert result.get("failed") is not True, result
+    assert result["controller_core"].startswith(f"{core}."), result["controller_core"]
     migration = result["migration"]
     assert migration["status"] == "completed" and migration["transport"] == "tls", migration
     assert GUEST in hosts.running_guests(destination)
@@ -145,3 +153,49 @@ def test_a_move_to_an_older_generation_is_refused_by_preflight_before_anything_m
     assert GUEST in hosts.running_guests(source)
     assert GUEST not in hosts.defined_guests(destination)
     print(result["msg"])
+
+
+def test_evacuate_host_moves_the_oldest_generations_guest_forward(hosts, tmp_path):
+    hosts.start_guest("deb11", EVACUEE)
+    report_path = tmp_path / "deb11.json"
+    code, output = hosts.playbook("kvm.live_migration.evacuate_host",
+                                  extra_vars={"target": "deb11", "evacuate_report_path": str(report_path)})
+    assert code == 0, output[-6000:]
+    report = {entry["name"]: entry for entry in json.loads(report_path.read_text())["report"]}
+    moved = report[EVACUEE]
+    assert moved["status"] == "migrated" and moved["to"] in ("deb12", "deb13"), moved
+    assert not hosts.running_guests("deb11")
+    assert EVACUEE in hosts.running_guests(moved["to"])
+    print(f"{EVACUEE} -> {moved['to']}: {hosts.assert_intact(moved['to'], EVACUEE)}")
+
+
+def test_rolling_maintenance_restarts_libvirtd_and_reboots_each_host_with_its_guests_kept(hosts, tmp_path):
+    machines("add", "deb13b", timeout=1200)
+    code, output = hosts.prepare("--limit", "trixie")
+    print(f"prepare deb13b from a fresh install beside deb13, seconds per host: {host_times(output)}")
+    assert code == 0, output[-6000:]
+    machines("share-images", "deb13b")
+    trixie = ("deb13", "deb13b")
+    guests = {name: hosts.running_guests(name) for name in trixie}
+    assert GUEST in guests["deb13"], guests
+    boots = {name: hosts.boot_id(name) for name in trixie}
+    maintenance = tmp_path / "maintenance.yml"
+    maintenance.write_text("- name: Restart libvirtd (the maintenance)\n"
+                           "  ansible.builtin.systemd_service:\n    name: libvirtd\n    state: restarted\n")
+
+    code, output = hosts.playbook("kvm.live_migration.rolling_maintenance", extra_vars={
+        "rolling_maintenance_group": "trixie", "rolling_maintenance_tasks_file": str(maintenance),
+        "rolling_maintenance_reboot": True, "rolling_maintenance_report_dir": str(tmp_path)})
+    print(f"rolling_maintenance over {trixie}, seconds per host: {host_times(output)}")
+    assert code == 0, output[-6000:]
+    counts = assert_recap(output, trixie)
+    assert all(counts[name]["changed"] > 0 for name in trixie), counts
+    assert output.count("TASK [Restart libvirtd (the maintenance)]") == len(trixie), output[-6000:]
+    for name in trixie:
+        assert hosts.boot_id(name) != boots[name], f"{name} was not rebooted"
+        assert hosts.running_guests(name) == guests[name], (name, guests[name])
+        report = json.loads((tmp_path / f"{name}.json").read_text())["report"]
+        assert sorted(entry["name"] for entry in report if entry["status"] == "migrated") == sorted(guests[name])
+    for name in trixie:
+        for guest in sorted(guests[name]):
+            print(f"{guest} back on {name}: {hosts.assert_intact(name, guest)}")

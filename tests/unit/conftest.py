@@ -27,6 +27,7 @@ CONTROLLER_SIDE_TESTS = frozenset({
     "test_benchmark.py",
     "test_migration_summary.py",
     "test_module_docs.py",
+    "test_playbook_variables.py",
     "test_role_specs.py",
 })
 

@@ -47,7 +47,12 @@ def slurped(snapshot):
 @pytest.fixture
 def printed(monkeypatch):
     lines = []
-    monkeypatch.setattr(background.display, "display", lines.append)
+
+    def display(message, stderr=False, **_):
+        assert stderr, "progress goes to stderr: stdout belongs to the stdout callback (ansible.posix.json)"
+        lines.append(message)
+
+    monkeypatch.setattr(background.display, "display", display)
     return lines
 
 

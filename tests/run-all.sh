@@ -5,7 +5,8 @@
 #   build -> docs and changelog (tests/docs, tests/changelog.py) -> ansible-test sanity -> ansible-lint -> integration tests in the two-hypervisor lab (brought
 #   up and torn down by the tests) -> the molecule scenario (the same lab, driven by molecule)
 #   -> real systemd hosts of Debian 11, 12 and 13 (tests/machines: prepare_hosts from a fresh install, migrations
-#   across the generations, evacuation and rolling maintenance). The bookworm machine runs Debian 12's own QEMU 7.2 /
+#   across the generations, evacuation and rolling maintenance; every playbook by its FQCN from a controller with
+#   the ansible package and the collection installed from its tarball, variables in group_vars). The bookworm machine runs Debian 12's own QEMU 7.2 /
 #   libvirt 9.0, so CI no longer swaps this machine's packages for a stock stage: `KVMLM_STACK=stock bash
 #   tests/install-deps.sh` and `pytest tests/integration -m stock` run the lab's tests marked "stock" on it by hand.
 # Exits non-zero as soon as one stage fails. On the backports stack no test may be an expected failure.
@@ -90,7 +91,7 @@ stage "molecule: the lab scenario (extensions/molecule/default)"
 molecule test
 tests_passed=$((tests_passed + 1))  # the molecule scenario
 
-stage "real hosts: systemd machines of Debian 11, 12 and 13 (tests/machines)"
+stage "real hosts: systemd machines of Debian 11, 12 and 13, from a user's controller (the ansible package, the tarball)"
 bash tests/machines/machines.sh down >/dev/null 2>&1 || true
 run_pytest tests/machines -q -rxs -s --durations=12 -p no:cacheprovider --rootdir tests/machines -c /dev/null \
     -o console_output_style=classic

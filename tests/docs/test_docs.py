@@ -280,3 +280,12 @@ def test_ansible_doc_renders_everything_without_a_warning(installed_collection, 
     assert not re.search(r"\[(WARNING|ERROR|DEPRECATION WARNING)\]", run.stderr + run.stdout), run.stderr
     for name in names:
         assert name in run.stdout or name.rpartition(".")[2] in run.stdout
+
+
+def test_the_playbooks_page_is_what_their_specs_render():
+    """docs/playbooks.md renders meta/argument_specs.yml (tests/playbook_docs.py), which ansible-doc cannot show."""
+    run = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "playbook_docs.py"), "check"],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    for playbook in sorted(path.stem for path in (REPO_ROOT / "playbooks").glob("*.yml")):
+        assert f"\n## {playbook}\n" in (REPO_ROOT / "docs" / "playbooks.md").read_text(), playbook

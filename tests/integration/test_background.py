@@ -93,7 +93,8 @@ def test_the_progress_leaves_a_json_callbacks_output_json_and_junit_reports_clea
         result = document["plays"][0]["tasks"][0]["hosts"]["hv1"]
         assert (result["migration"]["status"], result["migration"]["owner"]) == ("completed", "hv2")
         progress = re.findall(r"^hv1: jsonout -> hv2: pass \d+.*$", completed.stderr, re.MULTILINE)
-        assert len(progress) >= 2, completed.stderr[-3000:]  # 512 MiB at 48 MiB/s: several seconds of it
+        # Mostly zero pages, which the bandwidth cap does not slow: a fast run may print a single pass.
+        assert progress, completed.stderr[-3000:]
         (report,) = junit.glob("*.xml")
         (case,) = ElementTree.parse(report).getroot().iter("testcase")
         assert case.get("name").startswith("[hv1] JSON output: Migrate with progress every second"), case.get("name")

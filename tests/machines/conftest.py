@@ -1,4 +1,8 @@
-"""Real systemd hypervisors of three Debian generations (tests/machines/machines.sh) and Ansible against them."""
+"""Real systemd hypervisors of three Debian generations (tests/machines/machines.sh) and Ansible against them.
+
+The playbooks run, unless a test names another ansible-core, from a controller set up as a user sets one up
+(tests/machines/user-controller.sh: the `ansible` package, and this collection installed from its tarball), with
+the machines' inventory directory (its variables in group_vars)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MACHINES_SH = REPO / "tests" / "machines" / "machines.sh"
 CORE_MATRIX_SH = REPO / "tests" / "ansible-core-matrix.sh"
-VENV = Path(os.environ.get("KVMLM_VENV", "/opt/kvmlm/venv"))
+USER_CONTROLLER_SH = REPO / "tests" / "machines" / "user-controller.sh"
+USER_VENV = Path(os.environ.get("KVMLM_USER_VENV", "/opt/kvmlm/user-controller"))
 NAMES = ("deb11", "deb12", "deb13")
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 
@@ -35,7 +40,7 @@ def machines(*args, check=True, timeout=900):
 
 
 def host_times(output):
-    """{host: seconds from its first task to its last result} (callback_plugins/host_times.py)."""
+    """{host: seconds its own tasks took} (callback_plugins/host_times.py)."""
     return {host: int(seconds) for host, seconds in re.findall(r"^host_times (\S+) (\d+)$", output, re.MULTILINE)}
 
 
@@ -48,13 +53,12 @@ def recap(output):
 class Machines:
     """Handles on the running machines: SSH, Ansible runs, the guest's console verdict."""
 
-    def __init__(self):
+    def __init__(self, collections):
+        """``collections``: where the user's controller installed the collection from its tarball."""
         self.state = Path(os.environ.get("KVMLM_MACHINES_STATE", "/var/tmp/kvmlm-machines"))
-        self.inventory = self.state / "inventory.yml"
-        collections = subprocess.run([str(REPO / "tests" / "lab" / "collection-path.sh")], check=True,
-                                     capture_output=True, text=True).stdout.strip()
-        self.env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
-                    "ANSIBLE_COLLECTIONS_PATH": collections, "ANSIBLE_NOCOLOR": "1",
+        self.inventory = self.state / "inventory"
+        self.env = {**os.environ, "PATH": f"{USER_VENV / 'bin'}:{os.environ['PATH']}",
+                    "ANSIBLE_COLLECTIONS_PATH": str(collections), "ANSIBLE_NOCOLOR": "1",
                     # each host's own time, printed at the end (callback_plugins/host_times.py)
                     "ANSIBLE_CALLBACK_PLUGINS": str(Path(__file__).parent / "callback_plugins"),
                     "ANSIBLE_CALLBACKS_ENABLED": "host_times"}
@@ -91,8 +95,8 @@ class Machines:
         """Run a playbook (a path or a collection playbook's name); return (exit code, its output).
 
         ``core``: an ansible-core version of tests/ansible-core-matrix.sh (``"2.16"``, ``"2.20"``) to run it with
-        instead of the venv's; ``files``: the directories its paths lie in (2.20 runs in a chroot that sees only
-        those and the machines' state).
+        (and this checkout as the collection) instead of the user's controller; ``files``: the directories its
+        paths lie in (2.20 runs in a chroot that sees only those and the machines' state).
         """
         command = ["ansible-playbook", "-i", str(self.inventory)]
         if more_inventory:
@@ -101,7 +105,7 @@ class Machines:
             command += ["-e", json.dumps({key: value})]
         command += [str(playbook), *args]
         if core is None:
-            command[0] = str(VENV / "bin" / "ansible-playbook")
+            command[0] = str(USER_VENV / "bin" / "ansible-playbook")
         else:
             binds = [str(path) for path in (self.state, *files)]
             command = [str(CORE_MATRIX_SH), "--controller", core,
@@ -142,12 +146,21 @@ class Machines:
 
 
 @pytest.fixture(scope="session")
-def bare_machines():
+def user_collections(tmp_path_factory):
+    """The collection, installed from its tarball by the user's controller (tests/machines/user-controller.sh)."""
+    completed = subprocess.run([str(USER_CONTROLLER_SH), str(tmp_path_factory.mktemp("user-controller"))],
+                               capture_output=True, text=True, timeout=900, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return Path(completed.stdout.strip())
+
+
+@pytest.fixture(scope="session")
+def bare_machines(user_collections):
     """Three fresh machines (deb11, deb12, deb13), as a new install leaves them (a test may add deb13b); torn down
     at the end."""
     machines("up", timeout=1200)
     try:
-        yield Machines()
+        yield Machines(user_collections)
     finally:
         # KVMLM_MACHINES_KEEP=1 leaves them up to look at after a failure (machines.sh down later).
         if os.environ.get("KVMLM_MACHINES_KEEP") != "1":

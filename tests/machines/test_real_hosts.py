@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import pytest
-from conftest import NAMES, host_times, machines, recap
+from conftest import NAMES, USER_VENV, host_times, machines, recap
 
 GUEST = "upgraded"
 EVACUEE = "evacuee"
@@ -46,6 +47,18 @@ def hosts(bare_machines):
     return bare_machines
 
 
+def test_the_playbooks_run_from_a_users_controller_with_the_collection_from_its_tarball(hosts, user_collections):
+    listed = subprocess.run([str(USER_VENV / "bin" / "ansible-galaxy"), "collection", "list", "kvm.live_migration",
+                             "--format", "json"], env=hosts.env, capture_output=True, text=True, check=True).stdout
+    [(path, found)] = json.loads(listed).items()
+    assert path.startswith(str(user_collections)), listed
+    assert list(found) == ["kvm.live_migration"], listed
+    installed = user_collections / "ansible_collections" / "kvm" / "live_migration"
+    assert (installed / "MANIFEST.json").exists() and not (installed / "tests").exists()
+    print(subprocess.run([str(USER_VENV / "bin" / "ansible"), "--version"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()[0])
+
+
 def test_check_mode_on_bare_hosts_reports_and_installs_nothing(hosts):
     code, output = hosts.prepare("--check")
     assert code == 0, output[-6000:]
@@ -60,7 +73,7 @@ def test_a_failed_host_does_not_stop_the_others(hosts, tmp_path):
     broken = tmp_path / "broken.yml"
     broken.write_text("all:\n  hosts:\n    deb13:\n      hypervisor_migration_port_min: 70000\n")
     code, output = hosts.prepare(extra_vars=NO_FIREWALL, more_inventory=broken)
-    print(f"prepare from a fresh install, seconds per host: {host_times(output)}")
+    print(f"prepare from a fresh install, busy seconds per host: {host_times(output)}")
     assert code != 0
     assert_recap(output, ["deb11", "deb12"])
     assert recap(output)["deb13"]["failed"] == 1, output[-4000:]
@@ -75,7 +88,7 @@ def test_the_firewall_refuses_migration_until_the_role_opens_it(hosts, tmp_path)
     assert refused & {"ports", "transport"}, closed["findings"]
 
     code, output = hosts.prepare()
-    print(f"prepare (deb13 from a fresh install, the firewall on all), seconds per host: {host_times(output)}")
+    print(f"prepare (deb13 from a fresh install, the firewall on all), busy seconds per host: {host_times(output)}")
     assert code == 0, output[-6000:]
     assert_recap(output, NAMES)
     for name in NAMES:
@@ -89,9 +102,17 @@ def test_the_firewall_refuses_migration_until_the_role_opens_it(hosts, tmp_path)
     assert opened["failed"] is False, failures(opened)
 
 
+def test_the_firewall_rule_and_libvirtd_survive_a_reboot(hosts):
+    # The next test's second run proves the role changes nothing on it after the reboot.
+    machines("reboot", "deb13")
+    assert "kvm.live_migration" in hosts.ssh("deb13", "nft list ruleset")
+    assert hosts.ssh("deb13", "systemctl is-active libvirtd").strip() == "active"
+
+
 @pytest.mark.parametrize(("core", "mode"), [(OLDEST_CORE, []), (NEWEST_CORE, ["--check"])],
                          ids=["second-run-2.16", "check-mode-2.20"])
 def test_a_second_run_and_check_mode_change_nothing_from_the_oldest_and_the_newest_ansible_core(hosts, core, mode):
+    """On every host, deb13 just rebooted among them."""
     print(hosts.controller_version(core))
     code, output = hosts.prepare(*mode, core=core)
     assert code == 0, output[-6000:]
@@ -111,22 +132,11 @@ def test_a_restart_left_pending_by_a_failed_run_happens_on_the_next_run(hosts):
     assert hosts.ssh("deb12", "ls /run/kvm-live-migration.restart-pending").strip()
 
     # The next run finds qemu.conf as it wants it, and restarts libvirtd all the same.
+    # deb12 keeps the wider range: hosts of one cluster may differ, and migrations to it use its own.
     code, output = hosts.prepare("--limit", "deb12", extra_vars=wider_ports)
     assert code == 0, output[-6000:]
     assert hosts.libvirtd_pid("deb12") != before
     assert hosts.ssh("deb12", "ls /run/kvm-live-migration.restart-pending", check=False).strip() == ""
-
-    code, output = hosts.prepare("--limit", "deb12")  # back to the ports of the other hosts
-    assert code == 0, output[-6000:]
-
-
-def test_the_firewall_rule_survives_a_reboot(hosts):
-    machines("reboot", "deb13")
-    assert "kvm.live_migration" in hosts.ssh("deb13", "nft list ruleset")
-    assert hosts.ssh("deb13", "systemctl is-active libvirtd").strip() == "active"
-    code, output = hosts.prepare("--limit", "deb13")
-    assert code == 0, output[-6000:]
-    assert_recap(output, ["deb13"], changed=0)
 
 
 @pytest.mark.parametrize(("source", "destination", "core"), [("deb11", "deb12", OLDEST_CORE),
@@ -172,7 +182,7 @@ def test_evacuate_host_moves_the_oldest_generations_guest_forward(hosts, tmp_pat
 def test_rolling_maintenance_restarts_libvirtd_and_reboots_each_host_with_its_guests_kept(hosts, tmp_path):
     machines("add", "deb13b", timeout=1200)
     code, output = hosts.prepare("--limit", "trixie")
-    print(f"prepare deb13b from a fresh install beside deb13, seconds per host: {host_times(output)}")
+    print(f"prepare deb13b from a fresh install beside deb13, busy seconds per host: {host_times(output)}")
     assert code == 0, output[-6000:]
     machines("share-images", "deb13b")
     trixie = ("deb13", "deb13b")
@@ -180,13 +190,18 @@ def test_rolling_maintenance_restarts_libvirtd_and_reboots_each_host_with_its_gu
     assert GUEST in guests["deb13"], guests
     boots = {name: hosts.boot_id(name) for name in trixie}
     maintenance = tmp_path / "maintenance.yml"
-    maintenance.write_text("- name: Restart libvirtd (the maintenance)\n"
+    maintenance.write_text("- name: Find the guests still running here\n"
+                           "  ansible.builtin.command: virsh -q -c qemu:///system list --name\n"
+                           "  register: still_running\n  changed_when: false\n"
+                           "- name: Refuse to maintain a host that still runs guests\n"
+                           "  ansible.builtin.assert:\n    that: still_running.stdout | trim == ''\n"
+                           "- name: Restart libvirtd (the maintenance)\n"
                            "  ansible.builtin.systemd_service:\n    name: libvirtd\n    state: restarted\n")
 
     code, output = hosts.playbook("kvm.live_migration.rolling_maintenance", extra_vars={
         "rolling_maintenance_group": "trixie", "rolling_maintenance_tasks_file": str(maintenance),
         "rolling_maintenance_reboot": True, "rolling_maintenance_report_dir": str(tmp_path)})
-    print(f"rolling_maintenance over {trixie}, seconds per host: {host_times(output)}")
+    print(f"rolling_maintenance over {trixie}, busy seconds per host: {host_times(output)}")
     assert code == 0, output[-6000:]
     counts = assert_recap(output, trixie)
     assert all(counts[name]["changed"] > 0 for name in trixie), counts
@@ -199,3 +214,32 @@ def test_rolling_maintenance_restarts_libvirtd_and_reboots_each_host_with_its_gu
     for name in trixie:
         for guest in sorted(guests[name]):
             print(f"{guest} back on {name}: {hosts.assert_intact(name, guest)}")
+
+
+def test_migrate_evacuate_host_and_return_guests_take_their_variables_from_group_vars(hosts, tmp_path):
+    # The user's inventory beside the machines': every variable in group_vars, none on the command line.
+    result_file, report = tmp_path / "migrate.json", tmp_path / "deb13b-evacuation.json"
+    inventory = tmp_path / "inventory"
+    (inventory / "group_vars").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text("all:\n  children:\n    hypervisors: {}\n")
+    (inventory / "group_vars" / "all.yml").write_text(json.dumps({"migrate_source": "deb13", "target": "deb13b"}))
+    (inventory / "group_vars" / "hypervisors.yml").write_text(json.dumps({
+        "migrate_guest": GUEST, "migrate_destination": "deb13b", "migrate_result_file": str(result_file),
+        "evacuate_group": "trixie", "evacuate_report_path": str(report), "evacuate_return_report_path": str(report)}))
+
+    code, output = hosts.playbook("kvm.live_migration.migrate", more_inventory=inventory)
+    assert code == 0, output[-6000:]
+    migration = json.loads(result_file.read_text())["migration"]
+    assert (migration["status"], migration["owner"]) == ("completed", "deb13b"), migration
+    print(f"migrate: {hosts.assert_intact('deb13b', GUEST)}")
+
+    code, output = hosts.playbook("kvm.live_migration.evacuate_host", more_inventory=inventory)
+    assert code == 0, output[-6000:]
+    moved = {entry["name"]: entry for entry in json.loads(report.read_text())["report"]}
+    assert moved[GUEST]["status"] == "migrated" and moved[GUEST]["to"] == "deb13", moved
+    assert not hosts.running_guests("deb13b")
+
+    code, output = hosts.playbook("kvm.live_migration.return_guests", more_inventory=inventory)
+    assert code == 0, output[-6000:]
+    assert GUEST in hosts.running_guests("deb13b")
+    print(f"return_guests: {hosts.assert_intact('deb13b', GUEST)}")

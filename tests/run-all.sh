@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (as root on Debian 12):
-#   dependencies (the backports stack: QEMU 10.0 / libvirt 11.3) -> lint -> unit tests -> the Python floor (vermin)
+#   dependencies (the backports stack: QEMU 10.0 / libvirt 11.3) -> lint -> unit tests -> mutation testing of the
+#   ownership settlement (tests/mutation.py) -> the Python floor (vermin)
 #   -> module-side unit tests under Python 3.9 and 3.13 -> collection
 #   build -> docs and changelog (tests/docs, tests/changelog.py) -> ansible-test sanity -> ansible-lint -> integration tests in the two-hypervisor lab (brought
 #   up and torn down by the tests) -> the molecule scenario (the same lab, driven by molecule)
@@ -50,6 +51,9 @@ ruff check .
 
 stage "unit tests"
 run_pytest tests/unit -q -p no:cacheprovider
+
+stage "mutation testing: every condition of ownership.py flipped in turn fails a unit test"
+python tests/mutation.py plugins/module_utils/ownership.py
 
 stage "python floor: vermin over the modules and module_utils (Python 3.9, RHEL 9's)"
 bash tests/python-floor.sh

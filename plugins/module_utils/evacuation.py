@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import Hypervisor
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError, libvirt_errors
 from ansible_collections.kvm.live_migration.plugins.module_utils.migration import migrate_guest
+from ansible_collections.kvm.live_migration.plugins.module_utils.ownership import UNREACHABLE
 from ansible_collections.kvm.live_migration.plugins.module_utils.placement import (
     GuestToPlace,
     choose_destination,
@@ -128,6 +129,21 @@ class SourceGuest:
     def running(self):
         return self.state in ("running", "blocked", "paused")
 
+    @property
+    def stopped(self):
+        """Only a shut-off guest has no QEMU: its definition may move. Suspended to memory (pmsuspended), crashed
+        and kept, or shutting down, a guest is a live process that neither a live migration nor a move takes."""
+        return self.state == "shutoff"
+
+
+# Why each live state that no migration takes cannot move, and what makes it movable.
+LIVE_BUT_UNMOVABLE = {
+    "pmsuspended": "suspended by its own OS (pmsuspended); wake it with 'virsh dompmwakeup {name}' there",
+    "crashed": "crashed and kept for inspection (on_crash=preserve); destroy it with 'virsh destroy {name}' there "
+               "once inspected",
+    "shutdown": "shutting down; wait until it is off",
+}
+
 
 @dataclass
 class EvacuationResult:
@@ -137,11 +153,12 @@ class EvacuationResult:
     remaining: list = field(default_factory=list)  # running on the source at the end, not allowed to stay
     allowed: list = field(default_factory=list)  # running on the source at the end, as the policy allows
     check_mode: bool = False
+    source_unread: str | None = None  # why the source could not be read at the end
 
     @property
     def ok(self):
-        return not self.remaining and not any(entry["status"] in ("failed", "would_fail")
-                                              for entry in self.entries.values())
+        return not self.remaining and self.source_unread is None and not any(
+            entry["status"] in ("failed", "would_fail") for entry in self.entries.values())
 
     @property
     def changed(self):
@@ -161,6 +178,8 @@ class EvacuationResult:
                    if entry["status"] in ("failed", "left")]
         if self.remaining:
             text += f"; still running on {self.source}: {', '.join(self.remaining)}"
+        if self.source_unread:
+            text += f"; {self.source_unread}"
         return text + (f"; {'; '.join(trouble)}" if trouble else "")
 
     @property
@@ -171,7 +190,8 @@ class EvacuationResult:
     def as_dict(self):
         return {"source": self.source, "ok": self.ok, "report": self.report(),
                 "guests": {entry["name"]: entry for entry in self.report()}, "plan": self.plan,
-                "remaining": self.remaining, "allowed_to_stay": self.allowed, "summary": self.summary(),
+                "remaining": self.remaining, "allowed_to_stay": self.allowed, "source_unread": self.source_unread,
+                "summary": self.summary(),
                 "warnings": self.warnings}
 
 
@@ -238,18 +258,20 @@ class Evacuation:
             result.entries[name] = {**new_entry(SourceGuest(name, None, "absent", 0), self.source_name),
                                     "status": "not_found", "owner": None,
                                     "why": f"no guest matches {name!r} on {self.source_name}"}
-        stopped = [guest for guest in found if not guest.running]
+        stopped = [guest for guest in found if guest.stopped]
         if stopped and self.request.stopped == "fail":
             raise MigrationError(f"guests defined on {self.source_name} but not running: "
                                  f"{', '.join(guest.name for guest in stopped)} (stopped=fail)",
                                  fix="start or undefine them, or set stopped: move (their definitions move) or "
                                      "leave (they stay)")
-        movable = [guest for guest in found if guest.running or self.request.stopped == "move"]
+        movable = [guest for guest in found if guest.running or (guest.stopped and self.request.stopped == "move")]
         for guest in found:
-            if guest not in movable:
+            if guest.stopped and guest not in movable:
                 self._end(result.entries[guest.name], "left", f"not running (state {guest.state}); stopped=leave "
                                                               f"keeps its definition on {self.source_name}",
                           self.source_name)
+            elif guest not in movable:
+                self._refuse_live_unmovable(result.entries[guest.name], guest, check_mode)
         plan = self._plan(movable)
         result.plan = plan.as_dict(movable)
         for name, reasons in plan.refused.items():
@@ -334,6 +356,16 @@ class Evacuation:
             entry["why"] = refused_why(plan.refused[name])
         return result
 
+    def _refuse_live_unmovable(self, entry, guest, check_mode):
+        """A live QEMU that is not running: it stays (unmovable=leave) or fails the evacuation; never a move."""
+        how = LIVE_BUT_UNMOVABLE.get(guest.state, f"in state {guest.state}; make it run or shut it off")
+        leave = self.request.unmovable == "leave"
+        outcome = (f"left on {self.source_name} (unmovable=leave)" if leave
+                   else f"it keeps {self.source_name} from being empty")
+        why = f"a live guest that no migration takes: {how.format(name=guest.name)}, then run this again; {outcome}"
+        status = ("would_be_left" if leave else "would_fail") if check_mode else ("left" if leave else "failed")
+        self._end(entry, status, why, self.source_name)
+
     def _unmovable_outcome(self):
         return {"fail": "fail", "leave": "be_left", "shutdown": "shut_down"}[self.request.unmovable]
 
@@ -347,7 +379,7 @@ class Evacuation:
             with Hypervisor(ssh_uri(host), lv) as destination:
                 domain = self.source.find_domain(name)
                 state = None if domain is None else self.source.describe(domain)
-                if state is None or state.running:
+                if state is None or state.state != "shutoff":
                     self._end(entry, "failed", f"{name} changed on {self.source_name} while it was being moved "
                                                f"({'gone' if state is None else state.state})", self.source_name)
                     return
@@ -357,9 +389,17 @@ class Evacuation:
                 try:
                     with libvirt_errors(lv, f"undefining {name} on {self.source_name}"):
                         domain.undefineFlags(getattr(lv, "VIR_DOMAIN_UNDEFINE_KEEP_NVRAM", 0))
-                except MigrationError:
-                    with libvirt_errors(lv, f"removing the new definition of {name} on {host} again"):
-                        destination.find_domain(name).undefineFlags(getattr(lv, "VIR_DOMAIN_UNDEFINE_KEEP_NVRAM", 0))
+                except MigrationError as refused:
+                    try:
+                        with libvirt_errors(lv, f"removing the new definition of {name} on {host} again"):
+                            destination.find_domain(name).undefineFlags(
+                                getattr(lv, "VIR_DOMAIN_UNDEFINE_KEEP_NVRAM", 0))
+                    except MigrationError as kept:
+                        self._end(entry, "failed", f"{name} is now defined on both {self.source_name} and {host}: "
+                                                   f"{refused}; then {kept}. Undefine it on {host} ('virsh undefine "
+                                                   f"{name}' there, keeping its NVRAM with --keep-nvram) before "
+                                                   "starting it anywhere", "unknown")
+                        return
                     raise
         except MigrationError as error:
             self._end(entry, "left", f"moving the definition failed, so it stays on {self.source_name}: {error}",
@@ -413,7 +453,8 @@ class Evacuation:
                 outcome = error
             except Exception as error:  # one guest's surprise must not stop the others' bookkeeping
                 outcome = MigrationError(f"migrating {name} raised {type(error).__name__}: {error}",
-                                         fix="report this as a bug of kvm.live_migration, with the versions")
+                                         fix="report this as a bug of kvm.live_migration, with the versions",
+                                         result={"status": "failed", "owner": "unknown"})  # at any point
             finished.put((name, outcome))
 
         self.board.update(name, state="migrating", destination=host, **{"pass": None})
@@ -431,6 +472,8 @@ class Evacuation:
         entry.update(time_ms=migration.get("total_time_ms"), downtime_ms=migration.get("downtime_ms"),
                      strategy=migration.get("strategy"), warnings=warnings_of(migration.get("actions", [])))
         owner = migration.get("owner")
+        if isinstance(outcome, MigrationError) and outcome.result is None and self._runs_here(entry["name"]):
+            owner = migration.get("source", self.source_name)  # refused before anything started: untouched here
         # The engine names hosts as their libvirt does; the report names them as the user gave them.
         if migration.get("status") in ("completed", "already_migrated") and owner == migration.get("destination"):
             self._end(entry, "migrated", migration_why(migration), host)
@@ -444,6 +487,15 @@ class Evacuation:
             entry["hosts"] = migration.get("hosts")
             return None
         self.memory_left[host] = self.memory_left.get(host, 0) + self.guests[entry["name"]].memory_bytes
+        unread = [side for side, shown in (migration.get("hosts") or {}).items() if shown == UNREACHABLE]
+        if unread:
+            # What an unread host holds is not known: a second destination could make a second running copy.
+            self._end(entry, "failed", f"{why}; it runs on {self.source_name}, but {host} did not answer at the end, "
+                                       "so it is not tried on another host: once "
+                                       f"{host} answers, check it with 'virsh list --all' and run this again",
+                      self.source_name, final=False)
+            entry["hosts"] = migration.get("hosts")
+            return None
         retry = self._retry_destination(entry) if entry["attempts"] <= self.request.retries else None
         if retry is None:
             tried_all = entry["attempts"] <= self.request.retries
@@ -454,6 +506,15 @@ class Evacuation:
         entry["why"] = f"{why} (on {host}); retrying on {retry}"
         self.board.update(entry["name"], state="waiting", destination=retry)
         return retry
+
+    def _runs_here(self, name):
+        """Whether the source reads the guest running (False when it cannot tell)."""
+        try:
+            domain = self.source.find_domain(name)
+            state = None if domain is None else self.source.describe(domain)
+        except MigrationError:
+            return False
+        return state is not None and state.running
 
     def _retry_destination(self, entry):
         guest = self._to_place[entry["name"]]
@@ -469,9 +530,10 @@ class Evacuation:
             if guest is None:
                 continue
             if not guest.running:
-                entry["status"] = "left"
-                entry["why"] = f"{entry['why']}; its definition stays on {self.source_name}"
-                continue
+                if guest.stopped:
+                    entry["status"] = "left"
+                    entry["why"] = f"{entry['why']}; its definition stays on {self.source_name}"
+                continue  # a live guest no migration takes was judged when it was found
             if entry["status"] == "pending":
                 entry["status"] = "failed"
             if self.request.unmovable == "leave":
@@ -486,6 +548,11 @@ class Evacuation:
     def _shut_down(self, entry):
         name = entry["name"]
         domain = self.source.find_domain(name)
+        if domain is None:
+            entry["why"] = (f"{entry['why']}; it vanished from {self.source_name} before its shutdown: check where it "
+                            "runs with 'virsh list --all' on each host")
+            entry["owner"] = "unknown"
+            return
         try:
             with libvirt_errors(self.lv, f"shutting {name} down on {self.source_name}"):
                 domain.shutdown()
@@ -505,8 +572,16 @@ class Evacuation:
                         f"runs on {self.source_name} (stop it inside the guest, or 'virsh destroy {name}')")
 
     def _check_source(self, result):
-        """Read the source again: which guests run there now, and may they?"""
-        running = {guest.name for guest in self._read_guests() if guest.running}
+        """Read the source again: which guests run there now, and may they? A source that cannot be read keeps the
+        report of what moved, and the evacuation fails on it."""
+        try:
+            guests = self._read_guests()
+        except MigrationError as error:
+            result.source_unread = (f"{self.source_name} could not be read after the moves ({error}): which guests "
+                                    "still run there is unknown; read it with 'virsh list --all' before any "
+                                    "maintenance")
+            return
+        running = {guest.name for guest in guests if not guest.stopped}
         watched = running if self.request.guests is None else running & set(self.guests)
         allowed = {entry["name"] for entry in result.entries.values() if entry["status"] == "left"}
         result.remaining = sorted(watched - allowed)

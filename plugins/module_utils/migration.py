@@ -77,11 +77,18 @@ EOF_AT_START = "end of file while reading data"
 
 
 class _Outcome:
-    """What the thread running migrateToURI3 leaves behind."""
+    """What the thread running migrateToURI3 leaves behind; or, with ``gone`` (a function that reads libvirt), a job
+    whose call already returned and which has ended once ``gone()`` says so."""
 
-    def __init__(self):
+    def __init__(self, gone=None):
         self.finished = threading.Event()
         self.error = None
+        self._gone = gone
+
+    def ended(self):
+        if not self.finished.is_set() and self._gone is not None and self._gone():
+            self.finished.set()
+        return self.finished.is_set()
 
 
 class MigrationRunner:
@@ -233,6 +240,7 @@ class MigrationRunner:
             self._started = self.clock()
             outcome = self._start(domain, result.prediction)
             self._watch(watched, outcome, timeout_s, memory_bytes)
+            outcome = self._follow_a_job_that_outlived_its_call(watched, outcome, timeout_s, memory_bytes)
             unsupported = self._unsupported_at_start(outcome)
             if unsupported is None:
                 break
@@ -296,9 +304,42 @@ class MigrationRunner:
             return False
         return True
 
+    def _follow_a_job_that_outlived_its_call(self, watched, outcome, timeout_s, memory_bytes):
+        """migrateToURI3 returned an error, yet libvirt still runs the peer-to-peer job: the client's connection
+        broke (a blip, a keepalive false alarm), not the migration. The job is watched on through the monitor's
+        connection under the same budgets, and how it ended is read from libvirt."""
+        if outcome.error is None or self.timeline.last is None or self.source.alive():
+            return outcome  # the call's own connection lives: its error is the migration's
+        returned = self._describe_error(outcome.error)["message"]
+        if self._job_active(watched):
+            self._record("job_outlived_its_call", f"the migration call returned '{returned}' as its connection "
+                                                  "broke, but libvirt still runs the job: it is watched on to its end")
+            followed = _Outcome(gone=lambda: not self._job_active(watched))
+            self._watch(watched, followed, timeout_s, memory_bytes)
+            followed.error = outcome.error
+            outcome = followed
+        if outcome.ended() and self._arrived():
+            self._record("completed_unheard", f"the migration call returned '{returned}' as its connection broke, "
+                                              "and libvirt shows the guest running on the destination only: the "
+                                              "migration completed")
+            outcome.error = None
+        return outcome
+
+    def _job_active(self, watched):
+        try:
+            return bool(self.monitor.active_job(watched))
+        except MigrationError:
+            return False  # the monitor cannot tell either: the ownership check reads both hosts
+
+    def _arrived(self):
+        """Libvirt shows the guest running on the destination only, past any post-copy."""
+        on_source, on_destination = self.ownership.look()
+        return (isinstance(on_destination, GuestState) and on_destination.running and not on_destination.post_copy
+                and not (isinstance(on_source, GuestState) and on_source.running))
+
     def _watch(self, watched, outcome, timeout_s, memory_bytes):
         max_data = self.request.max_data_factor * memory_bytes
-        while not outcome.finished.is_set():
+        while not outcome.ended():
             sample = self._sample(watched)
             if sample is None:
                 # No statistics (the monitor lost its connection, or the job is between states): the clock still
@@ -402,16 +443,18 @@ class MigrationRunner:
         deadline = self.clock() + ABORT_TIMEOUT_S
         # Through the monitor first, then through the migrating connection should the monitor's have died.
         handles = itertools.cycle([watched, self._migrating or watched])
-        while not outcome.finished.is_set() and self.clock() < deadline:
-            try:
-                next(handles).abortJob()
-            except self.lv.libvirtError as error:
-                if error.get_error_code() == self.lv.VIR_ERR_OPERATION_INVALID:
-                    break  # no job left to abort: the migration already ended
-                self._record("abort_retry", f"abortJob failed: {error.get_error_message()}")
+        aborting = True
+        while not outcome.ended() and self.clock() < deadline:
+            if aborting:
+                try:
+                    next(handles).abortJob()
+                except self.lv.libvirtError as error:
+                    if error.get_error_code() == self.lv.VIR_ERR_OPERATION_INVALID:
+                        aborting = False  # no job left to abort: the migration already ended
+                    else:
+                        self._record("abort_retry", f"abortJob failed: {error.get_error_message()}")
             self.wait(ABORT_RETRY_S, outcome.finished)
-        self.wait(max(0.0, deadline - self.clock()), outcome.finished)  # the rest of the same ABORT_TIMEOUT_S
-        if not outcome.finished.is_set():
+        if not outcome.ended():
             self._record("abort_timeout", f"the migration job did not end within {ABORT_TIMEOUT_S} s of the abort")
 
     def _post_copy_broke(self, result, outcome):

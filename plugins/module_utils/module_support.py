@@ -6,11 +6,17 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import client_versions
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
+from ansible_collections.kvm.live_migration.plugins.module_utils.progress import (
+    MAX_PROGRESS_INTERVAL_S,
+    MIN_PROGRESS_INTERVAL_S,
+)
 from ansible_collections.kvm.live_migration.plugins.module_utils.request import (
     COMPRESSION_METHODS,
     TRANSPORTS,
@@ -54,7 +60,8 @@ PROGRESS_ARGUMENT_SPEC = {
     "progress_interval": {"type": "float", "default": 5},
     "progress_path": {"type": "path"},
 }
-MIN_PROGRESS_INTERVAL_S, MAX_PROGRESS_INTERVAL_S = 1, 10
+# What the action plugin names a progress file (kvmlm-progress-<uuid>.json): nothing else is overwritten and removed.
+PROGRESS_FILE_NAME = re.compile(r"^kvmlm-progress-[A-Za-z0-9._-]+\.json$")
 PAIR_CONSTRAINTS = {"required_one_of": [("dest_uri", "dest_host")], "mutually_exclusive": [("dest_uri", "dest_host")]}
 
 
@@ -87,12 +94,19 @@ def build_request(request_class, params):
 
 
 def validate_progress(params):
-    """progress_interval within its range (0 turns the progress lines off)."""
+    """progress_interval within its range (0 turns the progress lines off); progress_path a progress file's name
+    (the module replaces that file, then removes it)."""
     interval = params.get("progress_interval")
     if interval and not MIN_PROGRESS_INTERVAL_S <= interval <= MAX_PROGRESS_INTERVAL_S:
         raise MigrationError(f"progress_interval={interval} is outside {MIN_PROGRESS_INTERVAL_S}-"
                              f"{MAX_PROGRESS_INTERVAL_S} s", fix="give the seconds between progress lines, e.g. 5, "
                                                                  "or 0 for none")
+    path = params.get("progress_path")
+    if path and not PROGRESS_FILE_NAME.match(os.path.basename(path)):
+        raise MigrationError(f"progress_path={path!r} is not named kvmlm-progress-NAME.json: the module replaces that "
+                             "file and removes it when it ends",
+                             fix="name a new file such as /run/kvmlm-progress-web01.json, or leave progress_path to "
+                                 "the action plugin")
 
 
 def run_engine(module, work, libvirt_import_error):

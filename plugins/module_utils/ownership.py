@@ -20,6 +20,20 @@ LEFTOVER_COPY = ("A copy of {name} that QEMU may still hold on {host} is out of 
                  "'virsh destroy {name}' there if it runs; never let both run")
 
 
+# The source resumed its copy after the switch-over had begun (libvirt's Confirm3 of a migration whose Finish3 did
+# not return): the destination may have received all the memory and resumed its own copy before the link broke
+# (qemuMigrationSrcPerformPeer2Peer3: the destination domain "could in fact be running").
+SWITCHED_OVER_AND_RESUMED = ("running", "migration_canceled")
+SWITCHED_OVER_UNREAD = ("{name} was paused for the switch-over on {source} and resumed there after the migration "
+                        "{status}, while {destination} did not answer: {destination} may have received all of its "
+                        "memory and resumed its own copy before the link broke, so where it runs is unknown")
+SWITCHED_OVER_FIX = ("as soon as {destination} answers, run 'virsh list --all' there: if {name} runs on both hosts, "
+                     "both copies have run since the switch-over and write the same disks; pause the one on "
+                     "{destination} at once ('virsh suspend {name}' there), keep the guest's clients in mind to choose "
+                     "the copy to keep, and 'virsh destroy {name}' on the other host; if it runs only on {source}, the "
+                     "other copy is gone and nothing is to do. Until then, start or migrate it nowhere else")
+
+
 def describe(state):
     return "absent" if state is None else state.describe()
 
@@ -53,12 +67,12 @@ class Ownership:
     def placement(self):
         """'source', 'destination', or a message explaining why neither can be acted on."""
         source, destination = self.source, self.destination
+        on_source, on_destination = self.look(strict=True)
         host_uuid = source.host_uuid()
         if host_uuid == destination.host_uuid():
             return (f"source {source.uri} and destination {destination.uri} report the same host UUID "
                     f"{host_uuid}: they are the same host, or host_uuid is duplicated; give each hypervisor a "
                     "unique host_uuid in libvirtd.conf")
-        on_source, on_destination = self.look(strict=True)
         if on_source is not None and on_source.post_copy_failed:
             return BROKEN_POST_COPY
         return self._in_flight(on_source, on_destination) or self._side_that_runs(on_source, on_destination)
@@ -123,9 +137,10 @@ class Ownership:
         post_copy = post_copy or any(state not in (None, UNREACHABLE) and state.post_copy
                                      for state in (on_source, on_destination))
         if UNREACHABLE in (on_source, on_destination):
+            readable = None if on_destination == UNREACHABLE else on_destination
             if post_copy and result.status != "completed":
-                self._refuse_failed_post_copy(result, False, None if on_destination == UNREACHABLE else on_destination)
-            return self._one_side_unreachable(result, on_source, on_destination, post_copy)
+                self._refuse_failed_post_copy(result, bool(readable and readable.running), readable)
+            return self._one_side_unreachable(result, on_source, on_destination)
         source_runs = bool(on_source and on_source.running)
         destination_runs = bool(on_destination and on_destination.running)
         if source_runs and destination_runs and (post_copy or result.status == "completed"):
@@ -181,10 +196,12 @@ class Ownership:
             fix=f"find the current copy (the guest's own logs, its clients' last writes); then 'virsh destroy "
                 f"{self.name}' on the other host and 'virsh resume {self.name}' on the current one")
 
-    def _one_side_unreachable(self, result, on_source, on_destination, post_copy):
-        """One host did not answer: name the host that provably runs the guest, or fail with what is known."""
-        if on_source not in (None, UNREACHABLE) and on_source.running and not post_copy \
-                and result.status != "completed":
+    def _one_side_unreachable(self, result, on_source, on_destination):
+        """One host did not answer (a failed post-copy was refused before): name the host that provably runs the
+        guest, or fail with what is known."""
+        if switched_over(on_source):  # read, so the destination is the host that did not answer
+            self._refuse_unread_switch_over(result.source, result.destination, result.status)
+        if on_source not in (None, UNREACHABLE) and on_source.running and result.status != "completed":
             self.record("destination_unreachable", f"{result.destination} did not answer after the migration "
                                                    f"{result.status}; the guest runs on {result.source}. "
                                                    f"{LEFTOVER_COPY.format(name=self.name, host=result.destination)}")
@@ -197,6 +214,15 @@ class Ownership:
                              fix="once both hosts answer, run 'virsh list --all' on both; start nothing before "
                                  "that, and never run the guest on both")
 
+    def _refuse_unread_switch_over(self, source, destination, status):
+        self.record("destination_unread_after_switch_over",
+                    SWITCHED_OVER_UNREAD.format(name=self.name, source=source, destination=destination, status=status))
+        raise MigrationError(f"cannot tell where guest {self.name!r} runs: "
+                             + SWITCHED_OVER_UNREAD.format(name=self.name, source=source, destination=destination,
+                                                           status=status)
+                             + f" ({self.shown_text()})",
+                             fix=SWITCHED_OVER_FIX.format(name=self.name, source=source, destination=destination))
+
     def runs_only_on_source(self):
         """Whether libvirt shows the guest running on the source, outside post-copy, and not on the destination.
 
@@ -205,6 +231,11 @@ class Ownership:
         """
         on_source, on_destination = self.look()
         if on_source in (None, UNREACHABLE) or not on_source.running or on_source.post_copy:
+            return False
+        if on_destination == UNREACHABLE and switched_over(on_source):
+            self.record("destination_unread_after_switch_over",
+                        SWITCHED_OVER_UNREAD.format(name=self.name, source="the source", destination="the destination",
+                                                    status="did not end"))
             return False
         if on_destination == UNREACHABLE:
             self.record("destination_unreachable", f"the destination did not answer; the guest runs on the source. "
@@ -245,3 +276,8 @@ class Ownership:
         with libvirt_errors(self.source.lv, f"resuming {self.name!r} on {host}"):
             hypervisor.find_domain(self.name).resume()
         return host
+
+
+def switched_over(state):
+    """Whether libvirt shows the source resumed after a migration's switch-over began (see SWITCHED_OVER_UNREAD)."""
+    return state not in (None, UNREACHABLE) and (state.state, state.reason) == SWITCHED_OVER_AND_RESUMED

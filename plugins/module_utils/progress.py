@@ -21,6 +21,7 @@ import time
 from ansible_collections.kvm.live_migration.plugins.module_utils.units import MIB
 
 WRITE_EVERY_S = 1.0
+MIN_PROGRESS_INTERVAL_S, MAX_PROGRESS_INTERVAL_S = 1, 10  # seconds between two progress lines (0: none)
 
 
 class ProgressBoard:
@@ -34,6 +35,7 @@ class ProgressBoard:
         self._guests = {}
         self._total = 0
         self._written = None
+        self.write_error = None  # why the snapshot could not be written, the first time (a full disk, a bad path)
 
     def expect(self, total):
         with self._lock:
@@ -59,11 +61,16 @@ class ProgressBoard:
             if not force and self._written is not None and now - self._written < WRITE_EVERY_S:
                 return
             self._written = now
-        write_atomically(self.path, json.dumps(self.snapshot()))
+        try:
+            write_atomically(self.path, json.dumps(self.snapshot()))
+        except OSError as error:
+            # Progress is for the eyes: a write that fails must never end the watch of a migration.
+            self.write_error = self.write_error or (f"the progress snapshot could not be written to {self.path} "
+                                                    f"({error}); the migration was watched all the same")
 
     def remove(self):
         if self.path:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(self.path)
 
 

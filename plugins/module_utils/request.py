@@ -11,6 +11,7 @@ connection is opened.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from dataclasses import dataclass, fields
@@ -33,6 +34,11 @@ LIBVIRT_SCHEMES = ("qemu", "qemu+ssh", "qemu+libssh", "qemu+libssh2", "qemu+tls"
 MIGRATE_URI_SCHEMES = ("tcp", "rdma", "unix")
 MIN_TIMEOUT_S = 60
 TIMEOUT_S_PER_GIB = 150
+# libvirt takes the downtime limit as an unsigned long long in ms and QEMU caps it at 2000 s; a bound far above any
+# real pause, which keeps an overflowing number from reaching libvirt.
+MAX_DOWNTIME_MS = 2_000_000
+# Schemes whose libvirt connection (the control channel, which carries the guest's definition) is not encrypted.
+CLEARTEXT_SCHEMES = ("qemu+tcp",)
 
 
 @dataclass
@@ -86,6 +92,15 @@ def valid_host_name(host):
     return bool(host) and (bool(_HOST_NAME.match(host)) or (":" in host and bool(_IPV6.match(host))))
 
 
+def valid_address(address):
+    """An IPv4 or IPv6 address (libvirt's listen_address takes no name)."""
+    try:
+        ipaddress.ip_address(address.strip("[]") if isinstance(address, str) else "")
+    except ValueError:
+        return False
+    return True
+
+
 def validate_host_name(host, option):
     """Raise MigrationError unless ``host`` is a DNS name or an address (``option`` names it in the message)."""
     if not isinstance(host, str) or not valid_host_name(host):
@@ -135,14 +150,12 @@ def validate_values(request):
     """Every option's value and their combinations; cleartext without allow_insecure is left to the caller
     (migrate refuses it, preflight reports it as its transport finding)."""
     validate_numbers(request)
-    validate_libvirt_uri(request.dest_uri, "dest_uri")
-    if request.migrate_uri is not None:
-        validate_migrate_uri(request.migrate_uri)
+    _validate_guest_and_channels(request)
     if request.transport not in TRANSPORTS:
         raise MigrationError(f"transport={request.transport!r} is not one of {', '.join(TRANSPORTS)}",
                              fix="use transport: tls (QEMU native TLS), ssh (tunnelled) or tcp")
-    if request.max_downtime_ms <= 0:
-        raise MigrationError(f"max_downtime_ms={request.max_downtime_ms} must be positive",
+    if not 0 < request.max_downtime_ms <= MAX_DOWNTIME_MS:
+        raise MigrationError(f"max_downtime_ms={request.max_downtime_ms} is outside 1-{MAX_DOWNTIME_MS}",
                              fix="give the longest pause the guest may see, in milliseconds (e.g. 500)")
     if request.bandwidth_mib < 0:
         raise MigrationError(f"bandwidth={request.bandwidth_mib} must be 0 (no cap) or a positive MiB/s",
@@ -168,6 +181,31 @@ def validate_values(request):
                              "is not a qemu+ssh:// URI", fix="use a qemu+ssh:// dest_uri, or transport: tls")
     _validate_convergence(request)
     _validate_data_path(request)
+
+
+def _validate_guest_and_channels(request):
+    """The guest's name, the URIs and addresses, and what they promise together."""
+    if not isinstance(request.name, str) or not request.name.strip():
+        raise MigrationError(f"name={request.name!r} is empty",
+                             fix="give the guest's name or UUID ('virsh list --all')")
+    validate_libvirt_uri(request.dest_uri, "dest_uri")
+    if request.migrate_uri is not None:
+        validate_migrate_uri(request.migrate_uri)
+    if request.listen_address is not None and not valid_address(request.listen_address):
+        raise MigrationError(f"listen_address={request.listen_address!r} is not an IP address",
+                             fix="give the address the destination's QEMU listens on (e.g. 192.0.2.13, or :: / "
+                                 "0.0.0.0 for every address), or omit it")
+    if urlsplit(request.dest_uri).scheme in CLEARTEXT_SCHEMES and request.transport == "tls" \
+            and not request.allow_insecure:
+        raise MigrationError(f"dest_uri={request.dest_uri!r} opens the libvirt connection in cleartext while "
+                             "transport=tls asks for encryption: the guest's definition and every command would "
+                             "cross the network unencrypted",
+                             fix="use a qemu+ssh:// or qemu+tls:// dest_uri, or set allow_insecure: true on a trusted, "
+                                 "isolated network")
+    if request.undefine_source and not request.persistent:
+        raise MigrationError("undefine_source=true with persistent=false leaves the guest defined on neither host: "
+                             "it would live only as long as it runs on the destination",
+                             fix="keep persistent: true (the default), or set undefine_source: false")
 
 
 def _validate_convergence(request):

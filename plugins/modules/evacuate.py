@@ -201,6 +201,12 @@ evacuation:
       type: list
       elements: str
       sample: []
+    source_unread:
+      description:
+        - Why the source could not be read after the moves (its connection died); V(null) when it was. The report
+          of what moved is kept, and the evacuation fails, since which guests still run there is unknown.
+      type: str
+      sample: null
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -254,10 +260,9 @@ def build_evacuation(params):
         unmovable=params["unmovable"], shutdown_timeout_s=params["shutdown_timeout"])
 
 
-def run_evacuation(params, check_mode):
+def run_evacuation(params, check_mode, board):
     validate_progress(params)
     request = build_evacuation(params)  # a bad option is reported before any connection
-    board = ProgressBoard(params["progress_path"])
     try:
         with Hypervisor(params["source_uri"]) as source:
             evacuation = Evacuation(source, request, params["source_uri"], EvacuationHooks(board=board))
@@ -268,9 +273,11 @@ def run_evacuation(params, check_mode):
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    result = run_engine(module, lambda: run_evacuation(module.params, module.check_mode), LIBVIRT_IMPORT_ERROR)
+    board = ProgressBoard(module.params["progress_path"])
+    result = run_engine(module, lambda: run_evacuation(module.params, module.check_mode, board),
+                        LIBVIRT_IMPORT_ERROR)
     evacuation = result.as_dict()
-    for warning in result.warnings:
+    for warning in [*result.warnings, *filter(None, [board.write_error])]:
         module.warn(warning)
     if result.ok:
         module.exit_json(changed=result.changed, evacuation=evacuation)

@@ -246,6 +246,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.connection impo
 )
 from ansible_collections.kvm.live_migration.plugins.module_utils.hostinfo import HostInfo
 from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import run_engine
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import validate_libvirt_uri
 
 ARGUMENT_SPEC = {
     "source_uri": {"type": "str", "default": "qemu:///system", "aliases": ["uri"]},
@@ -255,6 +256,7 @@ ARGUMENT_SPEC = {
 
 
 def gather(params):
+    validate_libvirt_uri(params["source_uri"], "source_uri")
     with Hypervisor(params["source_uri"]) as hypervisor:
         return HostInfo(hypervisor, local=is_local_uri(params["source_uri"]), probe=params["probe_kvm"]).gather(
             params["domains"])

@@ -212,12 +212,17 @@ migration:
           description:
             - The policy's steps - V(set_downtime), V(auto_converge), V(post_copy), V(wait) (nothing permitted is
               left; the measures in force stay and the migration waits for a pass that fits the budget), V(abort).
-            - What the module did around them - V(abort_retry), V(abort_timeout), V(resume), V(pause_both) (both hosts
+            - What the module did around them - V(abort_retry), V(abort_timeout), V(job_outlived_its_call) (the
+              migration call returned an error, the client's connection having broken, while libvirt still ran the
+              job, which was then watched on to its end), V(completed_unheard) (that call's connection broke and
+              libvirt shows the guest running on the destination only), V(resume), V(pause_both) (both hosts
               ran the guest after a failed migration and nothing proved which copy is current), V(measure_failed),
               V(measure_skipped), V(post_copy_unavailable), V(auto_converge_unavailable),
               V(post_copy_recovery_unavailable) (a permission or recovery these hosts cannot honour, dropped),
               V(post_copy_failed), V(post_copy_refused) (the destination lacked the memory), V(post_copy_recovered),
               V(post_copy_recovery_failed), V(post_copy_found_broken), V(destination_unreachable),
+              V(destination_unread_after_switch_over) (the source resumed after the switch-over began and the
+              destination did not answer, so it may run a copy too and the owner is V(unknown)),
               V(source_unreachable), V(set_downtime_failed), V(budget_exceeded), V(downtime_over_budget) (the
               completed migration's measured stop outlasted O(max_downtime_ms); also a warning).
           type: str
@@ -445,9 +450,8 @@ ARGUMENT_SPEC = {
 }
 
 
-def run_migration(params, check_mode):
+def run_migration(params, check_mode, board):
     validate_progress(params)
-    board = ProgressBoard(params["progress_path"])
     request = build_request(MigrationRequest, params)
     board.expect(1)
     try:
@@ -461,9 +465,10 @@ def run_migration(params, check_mode):
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, **PAIR_CONSTRAINTS)
-    result = run_engine(module, lambda: run_migration(module.params, module.check_mode), LIBVIRT_IMPORT_ERROR)
+    board = ProgressBoard(module.params["progress_path"])
+    result = run_engine(module, lambda: run_migration(module.params, module.check_mode, board), LIBVIRT_IMPORT_ERROR)
     migration = result.as_dict()
-    for warning in warnings_of(result.actions):
+    for warning in [*warnings_of(result.actions), *filter(None, [board.write_error])]:
         module.warn(warning)
     if result.status in ("completed", "already_migrated", "would_migrate", "would_resume"):
         module.exit_json(changed=result.changed, migration=migration)

@@ -173,6 +173,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.connection impo
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobs import read_job
 from ansible_collections.kvm.live_migration.plugins.module_utils.module_support import run_engine
+from ansible_collections.kvm.live_migration.plugins.module_utils.request import validate_libvirt_uri
 
 ARGUMENT_SPEC = {
     "name": {"type": "str", "required": True},
@@ -183,6 +184,7 @@ ARGUMENT_SPEC = {
 
 
 def read_progress(params):
+    validate_libvirt_uri(params["source_uri"], "source_uri")
     with Hypervisor(params["source_uri"]) as hypervisor:
         job, completed, present = read_job(hypervisor, params["name"])
     result = {"changed": False, "job": job, "present": present}

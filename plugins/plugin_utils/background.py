@@ -23,7 +23,11 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible.utils.vars import merge_hash
 
-from ansible_collections.kvm.live_migration.plugins.module_utils.progress import progress_lines
+from ansible_collections.kvm.live_migration.plugins.module_utils.progress import (
+    MAX_PROGRESS_INTERVAL_S,
+    MIN_PROGRESS_INTERVAL_S,
+    progress_lines,
+)
 
 DEFAULT_INTERVAL_S = 5.0
 # How long the background job may live; the module's own time budgets end every migration long before.
@@ -50,7 +54,7 @@ def run_with_progress(action, task_vars, sleep=time.sleep):
     """The module's result; its progress printed every progress_interval seconds while it runs."""
     task = action._task
     interval = _interval(task.args.get("progress_interval", DEFAULT_INTERVAL_S))
-    if task.async_val or task.check_mode or not interval:
+    if task.async_val or task.check_mode or interval is None:
         return _in_foreground(action, task_vars)
     async_dir = action.get_shell_option("async_dir", default="~/.ansible_async")
     args = {**task.args, "progress_path": task.args.get("progress_path") or
@@ -70,10 +74,16 @@ def run_with_progress(action, task_vars, sleep=time.sleep):
 
 
 def _interval(value):
+    """The seconds between polls, or None to run the module in the foreground: for 0, and for a value outside
+    the documented range (NaN and infinity too), which the module then refuses with its message at once instead
+    of being polled after a sleep of that length."""
     try:
-        return float(value)
+        interval = float(value)
     except (TypeError, ValueError):
-        return DEFAULT_INTERVAL_S  # the module itself refuses the value with its message
+        return None
+    if not MIN_PROGRESS_INTERVAL_S <= interval <= MAX_PROGRESS_INTERVAL_S:  # false for NaN
+        return None
+    return interval
 
 
 def _in_foreground(action, task_vars):

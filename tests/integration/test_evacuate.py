@@ -144,6 +144,17 @@ def test_an_evacuation_moves_what_it_can_and_fails_naming_the_guest_that_cannot_
         assert code != 0, output
         assert not maintained.exists(), maintained.read_text()
         assert (running_lab.running_guests("hv1"), running_lab.running_guests("hv2")) == ({"bridged"}, {"movable"})
+
+        # Allowed to stay (evacuate_unmovable: leave), the guest still keeps its host from maintenance and reboot.
+        code, output = running_lab.playbook(REPO / "playbooks" / "rolling_maintenance.yml", {
+            "rolling_maintenance_tasks_file": str(tasks), "evacuate_unmovable": "leave",
+            "rolling_maintenance_reboot": True})
+        assert code != 0, output
+        assert "hv1 still runs bridged (running) after its evacuation" in output, output[-3000:]
+        assert "TASK [Reboot the host]" not in output
+        assert not maintained.exists(), maintained.read_text()
+        assert (running_lab.running_guests("hv1"), running_lab.running_guests("hv2")) == ({"bridged"}, {"movable"})
+        running_lab.assert_intact("hv1", "bridged", before["bridged"])
     finally:
         running_lab.remove_guest("bridged")
         running_lab.remove_guest("movable")

@@ -89,7 +89,13 @@ class Machines:
         return self.ssh(name, "cat /proc/sys/kernel/random/boot_id").strip()
 
     def libvirtd_pid(self, name):
-        return self.ssh(name, "systemctl show -p MainPID --value libvirtd").strip()
+        """The running libvirtd's pid, woken first: Debian 12 and 13 let an idle one exit (--timeout 120)."""
+        return self.ssh(name, "virsh -c qemu:///system version >/dev/null && "
+                              "systemctl show -p MainPID --value libvirtd").strip()
+
+    def let_libvirtd_exit_idle(self, name):
+        """Stop libvirtd.service as its idle timeout does: the sockets stay, the next client starts it again."""
+        self.ssh(name, "systemctl stop libvirtd.service && systemctl is-active libvirtd.socket >/dev/null")
 
     def playbook(self, playbook, *args, extra_vars=None, more_inventory=None, core=None, files=()):
         """Run a playbook (a path or a collection playbook's name); return (exit code, its output).

@@ -207,6 +207,12 @@ class Migration:
     states_after: dict | None = None  # {"source"|"destination": state} each host shows once the job ended
     drop_monitor_after: int | None = None  # the connection reading jobStats dies after this many samples
     destination_down_on_start: bool = False  # the destination's libvirtd dies as start_error is raised
+    client_drops_after: int | None = None  # the connection that called migrateToURI3 dies after this many samples
+    # (a blip, a keepalive false alarm): the call returns an error while libvirt goes on with the peer-to-peer job
+    destination_down_after: bool = False  # the destination answers no more once the migration failed (pre-copy)
+    cut_while_finishing: bool = False  # the link is cut while the destination finishes (libvirt's Finish3): the
+    # destination already runs the guest, the source resumes its own copy (running, migration_canceled), and the
+    # destination answers no more
     recoveries: list = field(default_factory=list)  # each POSTCOPY_RESUME call: True resumes and completes, False
     # (or none left) fails as when the link is still down
     qemu_still_migrating: bool = False  # after the failure QEMU still sends into the dead socket: every resume is
@@ -234,6 +240,7 @@ class Migration:
         self.samples = list(self.samples)
         self.started = threading.Event()
         self.ended = threading.Event()
+        self.client_gone = threading.Event()
         self.error = None
 
     @property
@@ -306,6 +313,7 @@ class FakeHost:
     storage_driver: bool = True
     transient_pools: list = field(default_factory=list)  # names of the transient pools alive now
     refuses_define: str | None = None  # defineXML fails with this message
+    refuses_undefine: bool = False  # the guests this host defines refuse undefine
 
     def by_uuid(self, value):
         value = value.lower().replace("-", "")
@@ -568,7 +576,8 @@ class FakeConnection:
             if existing is not None and existing.state != C.VIR_DOMAIN_SHUTOFF:
                 raise libvirtError(f"operation failed: domain '{name}' is already active", C.VIR_ERR_OPERATION_FAILED)
             host.guests[name] = Guest(name, uuid_string, state=C.VIR_DOMAIN_SHUTOFF, reason=0,
-                                      memory_kib=int(root.findtext("memory")))
+                                      memory_kib=int(root.findtext("memory")),
+                                      refuses=("undefine",) if host.refuses_undefine else ())
             return FakeDomain(self, host.guests[name])
 
     def lookupByName(self, name):
@@ -849,6 +858,8 @@ class FakeDomain:
                 self.conn._host()  # raises, as every later call on this connection will
             if job.samples:
                 job.samples_served += 1
+                if job.samples_served == job.client_drops_after:
+                    job.client_gone.set()
                 sample = dict(job.samples.pop(0))
                 self._announce_passes(guest, job, sample.get("memory_iteration", 0))
                 return sample
@@ -949,8 +960,16 @@ class FakeDomain:
                     f"unable to connect to server at '{dconnuri}': No route to host", C.VIR_ERR_SYSTEM_ERROR)
                 job.ended.set()
                 cloud.job_ended.set()
-        if not job.ended.wait(JOB_LIMIT_S):
-            raise libvirtError("fake: nothing ended this migration", C.VIR_ERR_OPERATION_TIMEOUT)
+        deadline = time.monotonic() + JOB_LIMIT_S
+        while not job.ended.wait(0.001):
+            if job.client_gone.is_set():
+                self.conn.dropped = True
+                raise libvirtError("Cannot recv data: Connection reset by peer", C.VIR_ERR_SYSTEM_ERROR)
+            if time.monotonic() > deadline:
+                raise libvirtError("fake: nothing ended this migration", C.VIR_ERR_OPERATION_TIMEOUT)
+        if job.client_gone.is_set():  # the connection died before the job ended: the caller never hears its end
+            self.conn.dropped = True
+            raise libvirtError("Cannot recv data: Connection reset by peer", C.VIR_ERR_SYSTEM_ERROR)
         if job.error is not None:
             raise job.error
         return 0
@@ -1003,6 +1022,12 @@ class FakeDomain:
                 for connection in self.conn.cloud.connections:
                     if connection.host is destination:
                         connection.dropped = True
+        elif outcome != "completed" and job.cut_while_finishing:
+            destination = self.conn.cloud.hosts[job.dconnuri]
+            destination.guests[guest.name] = replace(guest, state=C.VIR_DOMAIN_RUNNING,
+                                                     reason=C.VIR_DOMAIN_RUNNING_MIGRATED, persistent=False)
+            guest.state, guest.reason = C.VIR_DOMAIN_RUNNING, C.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED
+            destination.down = True
         elif outcome != "completed":
             if job.destination_copy_after:
                 destination = self.conn.cloud.hosts[job.dconnuri]
@@ -1011,6 +1036,8 @@ class FakeDomain:
                 guest.state, guest.reason = C.VIR_DOMAIN_PAUSED, C.VIR_DOMAIN_PAUSED_MIGRATION
         if job.states_after:
             self._force_states(guest, job)
+        if outcome != "completed" and job.destination_down_after:
+            self.conn.cloud.hosts[job.dconnuri].down = True
         job.outcome, job.error = outcome, error
         job.ended.set()
         self.conn.cloud.job_ended.set()
@@ -1033,6 +1060,6 @@ class FakeClock:
         return self.now
 
     def wait(self, seconds, event):
-        if event.wait(1 if self.cloud.job_ended.is_set() else 0.001):
+        if event.wait(0.05 if self.cloud.job_ended.is_set() else 0.001):
             return
         self.now += seconds

@@ -81,8 +81,12 @@ def test_the_module_runs_in_the_background_and_its_progress_is_printed(printed):
 
 @pytest.mark.parametrize(
     ("args", "async_val", "check_mode"),
-    [({"progress_interval": 0}, 0, False), ({}, 3600, False), ({}, 0, True)],
-    ids=["progress-off", "user-async", "check-mode"],
+    [({"progress_interval": 0}, 0, False), ({}, 3600, False), ({}, 0, True),
+     # Out of range: the module refuses it at once in the foreground, never after a sleep of that length.
+     ({"progress_interval": 1e9}, 0, False), ({"progress_interval": "nan"}, 0, False),
+     ({"progress_interval": float("inf")}, 0, False), ({"progress_interval": -1}, 0, False),
+     ({"progress_interval": "soon"}, 0, False)],
+    ids=["progress-off", "user-async", "check-mode", "decades", "nan", "inf", "negative", "not-a-number"],
 )
 def test_otherwise_the_module_runs_as_any_other(printed, args, async_val, check_mode):
     action = Action({"name": "web01", **args}, {None: [RESULT]}, async_val=async_val, check_mode=check_mode)

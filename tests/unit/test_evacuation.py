@@ -41,8 +41,9 @@ OVER_BUDGET = "the guest was paused 503 ms, over max_downtime_ms=500: ...; the m
 class Mover:
     """Stands in for one live migration: moves the fake guest, or leaves it as a failure would."""
 
-    def __init__(self, cloud, outcomes=None, hold_s=0.05, during=None):
+    def __init__(self, cloud, outcomes=None, hold_s=0.05, during=None, after=None):
         self.cloud = cloud
+        self.after = after  # called after each migration
         self.outcomes = outcomes or {}  # (guest, destination) -> "aborted" | "lost" | "over_budget"
         self.hold_s = hold_s
         self.during = during  # called once, while the first migration runs
@@ -71,6 +72,16 @@ class Mover:
             return {**names, "status": "aborted", "owner": "hv1.lab", "strategy": "auto_converge",
                     "total_time_ms": 30000,
                     "actions": [{"what": "abort", "why": "ratio 0.95 >= 0.8 for 2 passes and nothing is left"}]}
+        if outcome == "refused_before_start":  # e.g. the destination's daemon went down after the planning
+            raise MigrationError("cannot connect to hv2", fix="start libvirtd there")
+        if outcome == "destination_unread":  # failed in pre-copy, the source named, the destination unread
+            return {**names, "status": "failed", "owner": "hv1.lab", "strategy": "precopy", "total_time_ms": 9000,
+                    "hosts": {"source": "running", "destination": "unreachable"},
+                    "actions": [{"what": "destination_unreachable", "why": "hv2 did not answer"}]}
+        if outcome == "unread_after_switch_over":
+            raise MigrationError("cannot tell where guest a runs", result={
+                **names, "status": "failed", "owner": "unknown",
+                "hosts": {"source": "running", "destination": "unreachable"}})
         if outcome == "lost":
             raise MigrationError("the monitor connection to hv1 was lost", result={
                 **names, "status": "failed", "owner": "unknown",
@@ -80,6 +91,8 @@ class Mover:
             self.cloud.hosts[f"qemu+ssh://{host}/system"].guests[name] = guest
         moved = {**names, "status": "completed", "owner": f"{host}.lab", "strategy": "precopy", "total_time_ms": 4000,
                  "downtime_ms": 30, "passes": 3}
+        if self.after:
+            self.after()
         if outcome == "over_budget":
             return {**moved, "strategy": "auto_converge", "downtime_ms": 503,
                     "actions": [{"what": "auto_converge", "why": "ratio 1.40 >= 0.8 for 2 passes"},
@@ -207,6 +220,19 @@ def test_a_guest_whose_failure_left_its_place_unknown_is_never_tried_again(cloud
     assert not result.ok
 
 
+@pytest.mark.parametrize("outcome", ["destination_unread", "unread_after_switch_over"])
+def test_a_guest_whose_destination_was_not_read_at_the_end_is_never_tried_on_another_host(cloud, hv1, hv3, outcome):
+    """The unread destination may hold a running copy (a cut while it finished): a third host would make another."""
+    add_guests(cloud, hv1, "a")
+    mover = Mover(cloud, outcomes={("a", "hv2"): outcome})
+    result = evacuate(cloud, mover, retries=2)
+    entry = result.entries["a"]
+    assert (entry["status"], entry["attempts"]) == ("failed", 1)
+    assert entry["hosts"] == {"source": "running", "destination": "unreachable"}
+    assert mover.calls == [("a", "hv2", 0)]
+    assert not result.ok
+
+
 @pytest.mark.parametrize(
     ("policy", "status", "ok", "left_on_source", "state_on_source"),
     [("fail", "failed", False, [], C.VIR_DOMAIN_RUNNING), ("leave", "left", True, ["bridged"], C.VIR_DOMAIN_RUNNING),
@@ -256,10 +282,89 @@ def test_a_stopped_guest_the_source_will_not_undefine_keeps_one_definition_on_th
     assert where(cloud, "s") == ["hv1"]  # the copy defined on hv2 was removed again
 
 
+def test_a_stopped_guest_defined_on_both_hosts_after_a_refused_undefine_fails_and_says_so(cloud, hv1, hv2):
+    add_guests(cloud, hv1, "s", state=C.VIR_DOMAIN_SHUTOFF, refuses=("undefine",))
+    hv2.refuses_undefine = True
+    result = evacuate(cloud, destinations=("hv2",))
+    entry = result.entries["s"]
+    assert (entry["status"], entry["owner"]) == ("failed", "unknown")
+    assert "is now defined on both hv1 and hv2" in entry["why"] and "virsh undefine s" in entry["why"]
+    assert where(cloud, "s") == ["hv1", "hv2"]
+    assert not result.ok
+
+
+def test_a_guest_refused_before_its_migration_started_is_tried_on_another_host(cloud, hv1, hv3):
+    add_guests(cloud, hv1, "a")
+    mover = Mover(cloud, outcomes={("a", "hv2"): "refused_before_start"})
+    result = evacuate(cloud, mover, retries=1)
+    assert result.entries["a"]["status"] == "migrated"
+    assert [call[1] for call in mover.calls] == ["hv2", "hv3"]
+
+
+def test_a_source_that_cannot_be_read_at_the_end_keeps_the_report_and_fails(cloud, hv1, hv2):
+    add_guests(cloud, hv1, "a")
+
+    def lose_the_source():
+        for connection in cloud.connections:
+            if connection.host is hv1:
+                connection.dropped = True
+    mover = Mover(cloud, after=lose_the_source)
+    result = evacuate(cloud, mover, destinations=("hv2",))
+    assert result.entries["a"]["status"] == "migrated"
+    assert result.source_unread.startswith("hv1 could not be read after the moves")
+    assert not result.ok and "which guests still run there is unknown" in result.summary()
+
+
+def test_a_guest_that_vanished_before_its_shutdown_is_named_not_a_traceback(cloud, hv1):
+    add_guests(cloud, hv1, "bridged")
+
+    def vanish(name, host, running):
+        hv1.guests.pop("bridged", None)
+        return [BRIDGE_FAIL]
+    result = evacuate(cloud, preflight=vanish, destinations=("hv2",), unmovable="shutdown")
+    entry = result.entries["bridged"]
+    assert entry["status"] == "failed" and entry["owner"] == "unknown"
+    assert "vanished from hv1 before its shutdown" in entry["why"]
+
+
 @pytest.mark.parametrize(("policy", "status"), [("leave", "left"), ("move", "moved")])
 def test_stopped_guests_follow_the_stopped_policy(cloud, hv1, policy, status):
     add_guests(cloud, hv1, "s", state=C.VIR_DOMAIN_SHUTOFF)
     assert evacuate(cloud, destinations=("hv2",), stopped=policy).entries["s"]["status"] == status
+
+
+@pytest.mark.parametrize(("state", "fix"), [
+    (C.VIR_DOMAIN_PMSUSPENDED, "virsh dompmwakeup asleep"),
+    (C.VIR_DOMAIN_CRASHED, "virsh destroy asleep"),
+    (C.VIR_DOMAIN_SHUTDOWN, "shutting down; wait until it is off"),
+], ids=["pmsuspended", "crashed-and-kept", "shutting-down"])
+@pytest.mark.parametrize(("policy", "status", "ok"), [("fail", "failed", False), ("leave", "left", True)])
+def test_a_live_guest_that_is_not_running_is_never_moved_as_a_stopped_one(cloud, hv1, state, fix, policy, status, ok):
+    """Its definition must not move: undefining it on the source would leave a live transient QEMU there."""
+    add_guests(cloud, hv1, "asleep", state=state)
+    add_guests(cloud, hv1, "plain")
+    mover = Mover(cloud)
+    result = evacuate(cloud, mover, destinations=("hv2",), stopped="move", unmovable=policy)
+    entry = result.entries["asleep"]
+    assert (entry["status"], entry["owner"]) == (status, "hv1")
+    assert fix in entry["why"] and "a live guest that no migration takes" in entry["why"], entry["why"]
+    assert where(cloud, "asleep") == ["hv1"] and hv1.guests["asleep"].persistent
+    assert hv1.guests["asleep"].state == state
+    assert [call[0] for call in mover.calls] == ["plain"]
+    assert (result.ok, result.remaining, result.allowed) == (ok, [] if ok else ["asleep"], ["asleep"] if ok else [])
+
+
+def test_a_live_guest_that_is_not_running_is_planned_as_staying_in_check_mode(cloud, hv1):
+    add_guests(cloud, hv1, "asleep", state=C.VIR_DOMAIN_PMSUSPENDED)
+    result = evacuate(cloud, destinations=("hv2",), check_mode=True)
+    assert result.entries["asleep"]["status"] == "would_fail"
+    assert where(cloud, "asleep") == ["hv1"]
+
+
+def test_stopped_fail_counts_only_shut_off_guests(cloud, hv1):
+    add_guests(cloud, hv1, "asleep", state=C.VIR_DOMAIN_PMSUSPENDED)
+    result = evacuate(cloud, destinations=("hv2",), stopped="fail")
+    assert result.entries["asleep"]["status"] == "failed"
 
 
 def test_stopped_fail_refuses_before_anything_moves(cloud, hv1):
@@ -378,7 +483,7 @@ def test_the_evacuate_module_shows_each_warning(module_runner, monkeypatch):
     monkeypatch.setattr(basic.AnsibleModule, "warn", lambda _module, message: warned.append(message))
     moved = {**new_entry(SourceGuest("b", None, "running", 0), "hv1"), "status": "migrated", "to": "hv2",
              "owner": "hv2", "warnings": [OVER_BUDGET]}
-    monkeypatch.setattr(evacuate_module, "run_evacuation", lambda params, check_mode: EvacuationResult(
+    monkeypatch.setattr(evacuate_module, "run_evacuation", lambda params, check_mode, board: EvacuationResult(
         source="hv1", entries={"b": moved}))
 
     outcome, returned = module_runner(evacuate_module)({"source_uri": SOURCE_URI, "destinations": ["hv2"]})

@@ -104,6 +104,18 @@ def test_main_warns_of_a_stop_longer_than_the_budget(module, cloud, monkeypatch)
     assert warned == [over["why"]]
 
 
+def test_main_completes_and_warns_when_the_progress_cannot_be_written(module, cloud, monkeypatch, tmp_path):
+    warned = []
+    monkeypatch.setattr(basic.AnsibleModule, "warn", lambda _module, message: warned.append(message))
+    cloud.add_guest(cloud.hosts["qemu:///system"], "web01",
+                    migration=Migration(samples=[sample(1, remaining=GIB, processed=64 * MIB)]))
+    (tmp_path / "full").write_text("")  # a directory that cannot be made stands for a full disk
+    outcome, returned = module({"name": "web01", "dest_host": "hv2", "poll_interval": 0.05,
+                                "progress_path": str(tmp_path / "full" / "kvmlm-progress-web01.json")})
+    assert (outcome, returned["migration"]["status"], returned["migration"]["owner"]) == ("exit", "completed", "hv2")
+    assert len(warned) == 1 and "the migration was watched all the same" in warned[0]
+
+
 @pytest.mark.parametrize(
     ("args", "outcome", "changed", "status"),
     [
@@ -156,6 +168,14 @@ def test_main_reports_a_failed_migration(module, cloud):
              "fix": "use a qemu+ssh:// dest_uri, or transport: tls", "code": None, "code_name": None}),
         ({"dest_uri": DEST_URI}, "parameters are mutually exclusive: dest_uri|dest_host", None),
         ({"dest_host": None}, "one of the following is required: dest_uri, dest_host", None),
+        ({"progress_path": "/etc/passwd"},
+         "progress_path='/etc/passwd' is not named kvmlm-progress-NAME.json: the module replaces that file and "
+         "removes it when it ends. Fix: name a new file such as /run/kvmlm-progress-web01.json, or leave "
+         "progress_path to the action plugin", {
+             "message": "progress_path='/etc/passwd' is not named kvmlm-progress-NAME.json: the module replaces "
+                        "that file and removes it when it ends",
+             "fix": "name a new file such as /run/kvmlm-progress-web01.json, or leave progress_path to the action "
+                    "plugin", "code": None, "code_name": None}),
         ({"bandwidth": -1},
          "bandwidth=-1 must be 0 (no cap) or a positive MiB/s. Fix: set bandwidth to the MiB/s the migration may "
          "use, or 0", {"message": "bandwidth=-1 must be 0 (no cap) or a positive MiB/s",
@@ -163,7 +183,7 @@ def test_main_reports_a_failed_migration(module, cloud):
                        "code_name": None}),
     ],
     ids=["unknown-transport", "tcp-not-allowed", "ssh-needs-ssh-uri", "dest-uri-and-host", "no-destination",
-         "negative-bandwidth"],
+         "progress-path-not-a-progress-file", "negative-bandwidth"],
 )
 def test_main_refuses_bad_options_before_connecting(module, cloud, args, msg, error):
     cloud.add_guest(cloud.hosts["qemu:///system"], "web01")

@@ -13,7 +13,7 @@ from ansible_collections.kvm.live_migration.plugins.module_utils.connection impo
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobs import read_job
 from ansible_collections.kvm.live_migration.plugins.module_utils.jobstats import JobSample, progress
-from ansible_collections.kvm.live_migration.plugins.modules import migration_info
+from ansible_collections.kvm.live_migration.plugins.modules import host_info, migration_info
 
 
 @pytest.mark.parametrize(
@@ -139,3 +139,15 @@ def test_module_reports_completed_statistics(cloud, hv1, module_runner):
 
     assert run({"name": "web01"}) == ("exit", {"changed": False, "job": {"active": False}, "present": True,
                                                "completed": completed_stats(downtime=42)})
+
+
+@pytest.mark.parametrize("module_code", [migration_info, host_info], ids=["migration_info", "host_info"])
+@pytest.mark.parametrize("uri", ["hv1", "qemu+ssh://hv1/", "xen:///system"], ids=["schemeless", "no-path", "not-qemu"])
+def test_a_source_uri_that_is_no_libvirt_uri_is_refused_before_any_connection(cloud, module_runner, module_code, uri):
+    run = module_runner(module_code)
+    opened = len(cloud.connections)
+    outcome, result = run({"name": "web01", "source_uri": uri} if module_code is migration_info
+                          else {"source_uri": uri})
+    assert outcome == "fail", result
+    assert result["msg"].startswith(f"source_uri={uri!r} "), result["msg"]
+    assert len(cloud.connections) == opened

@@ -34,8 +34,9 @@ def request(**changes):
     [
         ({"transport": "udp"}, "transport='udp' is not one of tls, ssh, tcp"),
         ({"transport": "tcp"}, "transport=tcp sends the guest's memory across the network unencrypted"),
-        ({"max_downtime_ms": 0}, "max_downtime_ms=0 must be positive"),
-        ({"max_downtime_ms": -5}, "max_downtime_ms=-5 must be positive"),
+        ({"max_downtime_ms": 0}, "max_downtime_ms=0 is outside 1-2000000"),
+        ({"max_downtime_ms": -5}, "max_downtime_ms=-5 is outside 1-2000000"),
+        ({"max_downtime_ms": 2**64}, "max_downtime_ms=18446744073709551616 is outside 1-2000000"),
         ({"bandwidth_mib": -1}, "bandwidth=-1 must be 0 (no cap) or a positive MiB/s"),
         ({"timeout_s": 0}, "timeout=0 must be a positive number of seconds"),
         ({"progress_timeout_s": 0}, "progress_timeout=0 must be at least 1 second"),
@@ -72,13 +73,26 @@ def request(**changes):
         ({"copy_storage": "all", "migrate_disks": ("vda", "/dev/sdb")},
          "migrate_disks=/dev/sdb is not a disk target name"),
         ({"copy_storage": "all", "migrate_disks": ("vda,vdb",)}, "migrate_disks=vda,vdb is not a disk target name"),
+        ({"name": ""}, "name='' is empty"),
+        ({"name": "  "}, "name='  ' is empty"),
+        ({"listen_address": "garbage ;$(x)"}, "listen_address='garbage ;$(x)' is not an IP address"),
+        ({"listen_address": ""}, "listen_address='' is not an IP address"),
+        ({"listen_address": "hv2.example.com"}, "listen_address='hv2.example.com' is not an IP address"),
+        ({"dest_uri": "qemu+tcp://hv2/system"},
+         "dest_uri='qemu+tcp://hv2/system' opens the libvirt connection in cleartext while transport=tls asks for "
+         "encryption: the guest's definition and every command would cross the network unencrypted"),
+        ({"persistent": False},
+         "undefine_source=true with persistent=false leaves the guest defined on neither host: it would live only as "
+         "long as it runs on the destination"),
     ],
-    ids=["transport", "tcp-without-allow-insecure", "downtime-zero", "downtime-negative", "bandwidth",
+    ids=["transport", "tcp-without-allow-insecure", "downtime-zero", "downtime-negative", "downtime-overflow",
+         "bandwidth",
          "timeout", "progress-timeout", "max-data-factor", "poll-too-fast", "poll-too-slow", "ssh-needs-ssh-uri",
          "max-data-factor-nan", "max-data-factor-inf", "poll-nan", "threshold-nan", "threshold-minus-inf",
          "dest-uri-empty", "dest-uri-schemeless", "dest-uri-not-qemu", "dest-uri-no-path", "dest-uri-no-host",
          "dest-uri-bad-host", "migrate-uri-port", "migrate-uri-scheme", "migrate-uri-query", "disk-path",
-         "disk-list"],
+         "disk-list", "name-empty", "name-blank", "listen-address-garbage", "listen-address-empty",
+         "listen-address-name", "cleartext-control-channel-under-tls", "transient-and-undefined"],
 )
 def test_validate_request_refuses(changes, message):
     with pytest.raises(MigrationError) as caught:
@@ -192,7 +206,8 @@ def test_result_as_dict_keys():
     ids=["ssh", "user-and-port", "documented-parameters", "ipv6", "local", "tcp"],
 )
 def test_dest_uri_accepts_libvirt_uris_with_their_parameters(uri):
-    assert validate_request(request(dest_uri=uri)).dest_uri == uri
+    insecure = {"transport": "tcp", "allow_insecure": True} if uri.startswith("qemu+tcp:") else {}
+    assert validate_request(request(dest_uri=uri, **insecure)).dest_uri == uri
 
 
 @pytest.mark.parametrize(

@@ -203,9 +203,10 @@ def test_run(cloud, hv1, clock, script, changes, expected, placement, abort_call
         ({"transport": "ssh", "bandwidth_mib": 256, "max_downtime_ms": 80},
          DEFAULT_FLAGS & ~C.VIR_MIGRATE_TLS | C.VIR_MIGRATE_TUNNELLED,
          {"bandwidth": 256, "auto_converge.initial": 83, "auto_converge.increment": 1}, [(30, 0)], True),
-        ({"transport": "tcp", "allow_insecure": True, "persistent": False, "migrate_uri": "tcp://192.0.2.2",
-          "listen_address": "192.0.2.2", "allow_auto_converge": False},
-         DEFAULT_FLAGS & ~C.VIR_MIGRATE_TLS & ~C.VIR_MIGRATE_PERSIST_DEST & ~C.VIR_MIGRATE_AUTO_CONVERGE,
+        ({"transport": "tcp", "allow_insecure": True, "persistent": False, "undefine_source": False,
+          "migrate_uri": "tcp://192.0.2.2", "listen_address": "192.0.2.2", "allow_auto_converge": False},
+         DEFAULT_FLAGS & ~C.VIR_MIGRATE_TLS & ~C.VIR_MIGRATE_PERSIST_DEST & ~C.VIR_MIGRATE_UNDEFINE_SOURCE
+         & ~C.VIR_MIGRATE_AUTO_CONVERGE,
          {"migrate_uri": "tcp://192.0.2.2", "listen_address": "192.0.2.2"}, [(100, 0)], False),
         # The cap applies to post-copy too.
         ({"allow_post_copy": True, "parallel_connections": 4, "compression": ("xbzrle", "mt"),
@@ -748,6 +749,58 @@ def test_end_of_file_at_the_start_is_no_refusal_when_the_destination_died(cloud,
     assert (result.status, result.owner, len(job.starts)) == ("failed", "hv1", 1)
     assert [action["what"] for action in result.actions] == ["destination_unreachable"]
     assert result.hosts == {"source": "running", "destination": "unreachable"}
+
+
+def test_a_link_cut_while_the_destination_finishes_makes_the_owner_unknown_not_the_source(cloud, hv1, hv2, clock):
+    """libvirt's Finish3 did not return: the destination may run the guest while the source resumed its copy. The
+    destination cannot be read, so the owner is unknown, the source's copy is left as it is, and the failure says how
+    to find and stop the second copy."""
+    failure = libvirtError("Unable to read from socket: Connection reset by peer", C.VIR_ERR_SYSTEM_ERROR)
+    job = Migration(samples=PASSES, failure=failure, cut_while_finishing=True)
+    cloud.add_guest(hv1, "web01", migration=job)
+    with pytest.raises(MigrationError) as caught:
+        run(cloud, clock)
+    result = caught.value.result
+    assert (result["status"], result["owner"]) == ("failed", "unknown")
+    assert result["hosts"] == {"source": "running", "destination": "unreachable"}
+    assert "destination_unread_after_switch_over" in [action["what"] for action in result["actions"]]
+    assert "destination_unreachable" not in [action["what"] for action in result["actions"]]
+    assert "may have received all of its memory and resumed its own copy" in caught.value.message
+    assert "virsh suspend web01" in caught.value.fix and "start or migrate it nowhere else" in caught.value.fix
+    assert hv1.guests["web01"].state == C.VIR_DOMAIN_RUNNING  # nothing touched the copy that can be read
+
+
+def test_a_destination_down_before_the_switch_over_still_names_the_source(cloud, hv1, hv2, clock):
+    """The source was never paused for a switch-over: the destination cannot have all of the memory."""
+    failure = libvirtError("Unable to read from socket: Connection reset by peer", C.VIR_ERR_SYSTEM_ERROR)
+    job = Migration(samples=PASSES, failure=failure, destination_copy_after=True, destination_down_after=True)
+    cloud.add_guest(hv1, "web01", migration=job)
+    result = run(cloud, clock)
+    assert (result.status, result.owner) == ("failed", "hv1")
+    assert [action["what"] for action in result.actions] == ["destination_unreachable"]
+
+
+def test_a_job_that_outlives_its_broken_call_is_watched_to_its_end_and_reported_as_it_ended(cloud, hv1, hv2, clock):
+    """The connection that called migrateToURI3 breaks (a blip, a keepalive false alarm); libvirt goes on with the
+    peer-to-peer job. The runner watches it on through the monitor and reports the completion libvirt shows."""
+    job = Migration(samples=SLOW[:6], client_drops_after=1)
+    cloud.add_guest(hv1, "web01", migration=job)
+    result = run(cloud, clock)
+    assert (result.status, result.owner, result.error) == ("completed", "hv2", None)
+    assert job.samples_served == 6 and job.outcome == "completed"
+    assert where(cloud) == {"hv1": None, "hv2": "running"}
+    assert {"job_outlived_its_call", "completed_unheard"} <= {action["what"] for action in result.actions}
+
+
+def test_a_job_that_outlives_its_broken_call_still_obeys_the_time_budget(cloud, hv1, hv2, clock):
+    job = Migration(samples=SLOW * 3, client_drops_after=1)
+    cloud.add_guest(hv1, "web01", migration=job)
+    result = run(cloud, clock, timeout_s=2)
+    assert (result.status, result.owner) == ("aborted", "hv1")
+    assert job.outcome == "aborted" and job.abort_calls >= 1
+    whats = [action["what"] for action in result.actions]
+    assert "job_outlived_its_call" in whats and "abort" in whats and "abort_timeout" not in whats
+    assert where(cloud) == {"hv1": "running", "hv2": None}
 
 
 def broken_post_copy(cloud, hv1, hv2, **job):

@@ -40,7 +40,9 @@ ANSWERS = {
     "preflight": lambda host, args: {"ok": True, "findings": []},
     "migrate": lambda host, args: {},
     "evacuate": _evacuate,
-    "host_info": lambda host, args: {"virtualization": {"kvm_usable": False}, "domains": []},
+    # The guests each host runs: {host: [{"name", "state"}]} in KVMLM_FAKE_DOMAINS; none by default.
+    "host_info": lambda host, args: {"virtualization": {"kvm_usable": False},
+                                     "domains": json.loads(os.environ.get("KVMLM_FAKE_DOMAINS", "{}")).get(host, [])},
 }
 
 
@@ -77,9 +79,10 @@ def collections(tmp_path_factory):
 
 @pytest.fixture
 def run(collections, tmp_path):
-    """run(playbook, groups={group: [hosts]}, group_vars={group: vars}, host_vars=..., extra_vars=..., check=False)"""
+    """run(playbook, groups={group: [hosts]}, group_vars={group: vars}, host_vars=..., extra_vars=..., check=False,
+    domains={host: [guests host_info reports]})"""
 
-    def run_playbook(playbook, groups, group_vars, host_vars=None, extra_vars=None, check=False):
+    def run_playbook(playbook, groups, group_vars, host_vars=None, extra_vars=None, check=False, domains=None):
         inventory = tmp_path / "inventory"
         for kind, variables in (("group_vars", group_vars), ("host_vars", host_vars or {})):
             (inventory / kind).mkdir(parents=True)
@@ -96,7 +99,8 @@ def run(collections, tmp_path):
         collections_path = os.pathsep.join(filter(None, [str(collections),
                                                          os.environ.get("ANSIBLE_COLLECTIONS_PATH")]))
         env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": collections_path, "KVMLM_FAKE_CALLS": str(calls),
-               "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_RETRY_FILES_ENABLED": "false"}
+               "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_RETRY_FILES_ENABLED": "false",
+               "KVMLM_FAKE_DOMAINS": json.dumps(domains or {})}
         completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
                                    timeout=120)
         recorded = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
@@ -137,6 +141,29 @@ def test_evacuate_host_takes_its_variables_from_the_inventory(run, tmp_path):
     assert json.loads(report.read_text())["source"] == "hv1"
 
 
+@pytest.mark.parametrize(("query", "moved"), [
+    pytest.param("[?state=='running'].name", ["db1"], id="names"),
+    pytest.param("[?state=='paused'].name", [], id="nothing-selected"),
+    pytest.param("[?state=='paused'] | [0].name", [], id="null-moves-nothing"),
+])
+def test_evacuate_guests_query_moves_what_it_names_and_nothing_when_it_answers_null(run, query, moved):
+    done = run("evacuate_host", {"hypervisors": ["hv1", "hv2"]}, group_vars={
+        "all": {"target": "hv1"}, "hypervisors": {"evacuate_guests_query": query}},
+        domains={"hv1": [{"name": "db1", "state": "running"}, {"name": "old", "state": "shutoff"}]})
+    assert done.code == 0, done.output
+    [(host, args)] = done.of("evacuate")
+    assert (host, args["guests"]) == ("hv1", moved)
+
+
+def test_evacuate_guests_query_that_answers_no_names_is_refused_before_anything_moves(run):
+    done = run("evacuate_host", {"hypervisors": ["hv1", "hv2"]}, group_vars={
+        "all": {"target": "hv1"}, "hypervisors": {"evacuate_guests_query": "[?state=='running']"}},
+        domains={"hv1": [{"name": "db1", "state": "running"}]})
+    assert done.code != 0
+    assert "not a list of guest names: end it with .name" in done.output, done.output
+    assert done.of("evacuate") == []
+
+
 def test_return_guests_takes_its_variables_from_the_inventory(run, tmp_path):
     saved = tmp_path / "evacuation.json"
     saved.write_text(json.dumps({"source": "hv1", "report": [
@@ -172,9 +199,34 @@ def test_rolling_maintenance_takes_its_variables_from_the_inventory(run, tmp_pat
         ("hv2", ["hv1"], "ssh"),  # hv1's guest comes back from hv2
         ("hv2", ["hv1", "hv3"], "ssh"),  # hv2's own evacuate_group (host_vars) is not overridden
         ("hv1", ["hv2"], "ssh")]
-    assert [call[0] for call in done.of("host_info")] == ["hv1", "hv2"]  # healthy without KVM: require_kvm arrived
+    # Each host read empty before its maintenance, then healthy without KVM (require_kvm arrived).
+    assert [(host, args.get("probe_kvm")) for host, args in done.of("host_info")] == [
+        ("hv1", False), ("hv1", None), ("hv2", False), ("hv2", None)]
     assert sorted(path.name for path in reports.iterdir()) == ["hv1.json", "hv2.json"]
     assert json.loads(last_report.read_text())["source"] == "hv2"  # the role's evacuate_report_path, not replaced
+
+
+@pytest.mark.parametrize("left", [
+    pytest.param({"evacuate_unmovable": "leave"}, id="unmovable-left"),
+    pytest.param({"evacuate_guests": ["web*"]}, id="a-subset-moved"),
+    pytest.param({}, id="reported-moved-but-still-running"),
+])
+def test_rolling_maintenance_never_maintains_or_reboots_a_host_that_still_runs_guests(run, tmp_path, left):
+    maintained = tmp_path / "maintained"
+    tasks = tmp_path / "maintain.yml"
+    tasks.write_text(yaml.safe_dump([{"name": "Note the host", "ansible.builtin.lineinfile": {
+        "path": str(maintained), "line": "{{ inventory_hostname }}", "create": True, "mode": "0644"}}]))
+    guests = [{"name": "db1", "state": "running"}, {"name": "batch", "state": "paused"},
+              {"name": "spare", "state": "shutoff"}]
+    done = run("rolling_maintenance", {"hypervisors": ["hv1", "hv2"]},
+               group_vars={"hypervisors": {**left, **QUICK_ROLL, "rolling_maintenance_tasks_file": str(tasks),
+                                           "rolling_maintenance_reboot": True}},
+               domains={"hv1": guests})
+    assert done.code != 0
+    assert "hv1 still runs db1 (running), batch (paused) after its evacuation" in done.output, done.output
+    assert not maintained.exists()
+    assert "TASK [Reboot the host]" not in done.output
+    assert [call[0] for call in done.of("evacuate")] == ["hv1"]  # the roll stops: hv2 is not emptied
 
 
 def test_prepare_hosts_takes_its_variables_from_the_inventory(run):

@@ -52,3 +52,14 @@ def test_lines_for_an_evacuation_count_the_guests_done():
         "auto_converge",
         "hv1: c -> hv3: starting",
         "hv1: 1 of 4 guests done, 2 migrating, 1 waiting"]
+
+
+def test_a_snapshot_that_cannot_be_written_is_a_note_never_an_exception(tmp_path):
+    """A full disk or a path that cannot be made must not end the watch of the migration it reports on."""
+    (tmp_path / "file").write_text("")
+    board = ProgressBoard(str(tmp_path / "file" / "kvmlm-progress-x.json"))
+    board.expect(1)
+    board.update("web01", state="migrating", **{"pass": 1})
+    board.remove()
+    assert board.write_error.startswith(f"the progress snapshot could not be written to {tmp_path}/file/")
+    assert board.write_error.endswith("the migration was watched all the same")

@@ -30,12 +30,20 @@ def role_specs():
     return load(ROLE / "meta" / "argument_specs.yml")["argument_specs"]
 
 
-def test_every_default_is_documented_with_the_same_value():
-    defaults = load(ROLE / "defaults" / "main.yml")
-    documented = role_specs()["return"]["options"]
+# Templated defaults that the spec documents by their usual value, the template being told in the description.
+DOCUMENTED_BY_VALUE = {"evacuate_group": "hypervisors", "hypervisor_group": "hypervisors"}
+
+
+def assert_documented_defaults(defaults, documented):
     assert set(defaults) == set(documented)
     for name, value in defaults.items():
-        assert documented[name]["default"] == value or (isinstance(value, str) and "{{" in value), name
+        assert documented[name].get("default") == DOCUMENTED_BY_VALUE.get(name, value), name
+        if name in DOCUMENTED_BY_VALUE:
+            assert "{{" in value and value.split("|")[0].strip(" {") in " ".join(documented[name]["description"])
+
+
+def test_every_default_is_documented_with_the_same_value():
+    assert_documented_defaults(load(ROLE / "defaults" / "main.yml"), role_specs()["return"]["options"])
 
 
 def test_the_main_entry_point_documents_everything_but_the_return_report():
@@ -76,11 +84,7 @@ def hypervisor_specs():
 
 
 def test_every_hypervisor_default_is_documented_with_the_same_value():
-    defaults = load(HYPERVISOR / "defaults" / "main.yml")
-    documented = hypervisor_specs()
-    assert set(defaults) == set(documented)
-    for name, value in defaults.items():
-        assert documented[name].get("default") == value or (isinstance(value, str) and "{{" in value), name
+    assert_documented_defaults(load(HYPERVISOR / "defaults" / "main.yml"), hypervisor_specs())
 
 
 def test_the_cgroup_controllers_are_the_one_setting_for_what_a_host_cannot_do():
@@ -205,3 +209,26 @@ def test_the_readiness_line_of_a_check_run_on_a_bare_host(tmp_path):
         "h3": "h3: KVM not usable (no vmx); post-copy possible; TLS ready; peers trusted: h1; libvirt runs an older "
               "configuration (/etc/libvirt/qemu.conf changed after it started)",
         "h4": "h4: KVM not usable (no vmx); post-copy possible; TLS ready; peers trusted: h1; would install htop"}
+
+
+@pytest.mark.parametrize(("trusting", "refused"), [(["h2"], True), ([], False)], ids=["a-host-trusts-a-ca", "none"])
+def test_a_controller_without_the_ca_key_never_mints_a_second_ca_for_hosts_that_trust_one(tmp_path, trusting,
+                                                                                          refused):
+    """A new AWX execution environment, another admin's controller: a new CA would split the group."""
+    ca_dir = tmp_path / "pki"
+    results = run_role_templates(tmp_path, [
+        {"name": "what the host trusts", "ansible.builtin.set_fact": {
+            "_hypervisor_trusted_ca": "{{ {'content': 'LS0t'} if inventory_hostname in trusting else "
+                                      "{'msg': 'file not found'} }}"}, "vars": {"trusting": trusting}},
+        {"name": "the CA on the controller", "ansible.builtin.include_tasks": {
+            "file": str(HYPERVISOR / "tasks" / "tls_ca.yml"),
+            "apply": {"run_once": True, "delegate_to": "localhost"}},
+         "vars": {"hypervisor_tls_ca_dir": str(ca_dir)}},
+    ])
+    check = results["Refuse to make a second CA for hosts that trust one"]
+    [outcome] = check.values()
+    assert bool(outcome.get("failed")) is refused, outcome
+    assert (ca_dir / "ca-key.pem").exists() is not refused
+    if refused:
+        assert outcome["msg"].startswith("h2 already trust a CA (/etc/pki/CA/cacert.pem), but this controller has no "
+                                         f"CA key in {ca_dir}")

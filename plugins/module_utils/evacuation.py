@@ -472,7 +472,7 @@ class Evacuation:
         entry.update(time_ms=migration.get("total_time_ms"), downtime_ms=migration.get("downtime_ms"),
                      strategy=migration.get("strategy"), warnings=warnings_of(migration.get("actions", [])))
         owner = migration.get("owner")
-        if isinstance(outcome, MigrationError) and outcome.result is None and self._runs_here(entry["name"]):
+        if isinstance(outcome, MigrationError) and outcome.result is None and self._still_here(entry["name"]):
             owner = migration.get("source", self.source_name)  # refused before anything started: untouched here
         # The engine names hosts as their libvirt does; the report names them as the user gave them.
         if migration.get("status") in ("completed", "already_migrated") and owner == migration.get("destination"):
@@ -507,14 +507,14 @@ class Evacuation:
         self.board.update(entry["name"], state="waiting", destination=retry)
         return retry
 
-    def _runs_here(self, name):
-        """Whether the source reads the guest running (False when it cannot tell)."""
+    def _still_here(self, name):
+        """Whether the source reads the guest live there, outside post-copy (False when it cannot tell)."""
         try:
             domain = self.source.find_domain(name)
             state = None if domain is None else self.source.describe(domain)
         except MigrationError:
             return False
-        return state is not None and state.running
+        return state is not None and state.state != "shutoff" and not state.post_copy
 
     def _retry_destination(self, entry):
         guest = self._to_place[entry["name"]]

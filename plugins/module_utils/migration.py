@@ -23,6 +23,7 @@ import itertools
 import threading
 import time
 
+from ansible_collections.kvm.live_migration.plugins.module_utils.bounded import BoundedCall, CallTimedOut
 from ansible_collections.kvm.live_migration.plugins.module_utils.connection import (
     GuestState,
     Hypervisor,
@@ -70,6 +71,9 @@ _UNSUPPORTED_AT_START = (
 _AUTO_CONVERGE_FIX = "upgrade QEMU/libvirt on both hosts"
 ABORT_TIMEOUT_S = 30
 ABORT_RETRY_S = 2.0
+# A statistics or abort call that libvirt has not answered in this long waits on the guest's QEMU monitor (libvirt's
+# own wait for a busy monitor is 30 s): the runner goes on by the clock.
+STALLED_CALL_S = 45
 # Post-copy needs room on the destination for everything still on the source, and this much more.
 POST_COPY_MEMORY_MARGIN = 256 * MIB
 POST_COPY_RECOVERY_RETRY_S = 5.0
@@ -93,6 +97,8 @@ class _Outcome:
 
 class MigrationRunner:
     """Runs one live migration; ``run()`` returns a MigrationResult."""
+
+    call_timeout_s = STALLED_CALL_S  # how long a statistics or abort call may take before the runner goes on
 
     def __init__(self, source, monitor, destination, request, clock=time.monotonic, wait=None):
         """``source`` and ``monitor`` are two open Hypervisors on the source, ``destination`` one on the
@@ -119,6 +125,8 @@ class MigrationRunner:
         self._migrating = None  # the domain on the migrating connection, once the migration started
         self._memory_bytes = None
         self.features = None  # what both hosts support (detect_features), read before anything moves
+        self._stats_call = BoundedCall("jobStats", self.call_timeout_s)
+        self._abort_call = BoundedCall("abortJob", self.call_timeout_s)
         self.ownership = Ownership(request.name, monitor, destination, self._record, source_fallback=source,
                                    resume_options="--tls" if request.transport == "tls" else "")
 
@@ -430,7 +438,12 @@ class MigrationRunner:
 
     def _sample(self, watched):
         try:
-            stats = watched.jobStats()
+            stats = self._stats_call(watched.jobStats)
+        except CallTimedOut as stalled:
+            if not any(action["what"] == "statistics_stalled" for action in self.actions):
+                self._record("statistics_stalled", f"{stalled}: libvirt waits on the guest's QEMU (a hung monitor); "
+                                                   "the time budget holds by the clock")
+            return None
         except self.lv.libvirtError:
             # The guest left the source between the check and the call: the job is ending.
             return None
@@ -445,9 +458,11 @@ class MigrationRunner:
         handles = itertools.cycle([watched, self._migrating or watched])
         aborting = True
         while not outcome.ended() and self.clock() < deadline:
-            if aborting:
+            if aborting and not self._abort_call.stalled:
                 try:
-                    next(handles).abortJob()
+                    self._abort_call(next(handles).abortJob)
+                except CallTimedOut as stalled:
+                    self._record("abort_retry", f"{stalled}: libvirt waits on the guest's QEMU")
                 except self.lv.libvirtError as error:
                     if error.get_error_code() == self.lv.VIR_ERR_OPERATION_INVALID:
                         aborting = False  # no job left to abort: the migration already ended

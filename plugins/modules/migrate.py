@@ -215,7 +215,9 @@ migration:
             - What the module did around them - V(abort_retry), V(abort_timeout), V(job_outlived_its_call) (the
               migration call returned an error, the client's connection having broken, while libvirt still ran the
               job, which was then watched on to its end), V(completed_unheard) (that call's connection broke and
-              libvirt shows the guest running on the destination only), V(resume), V(pause_both) (both hosts
+              libvirt shows the guest running on the destination only), V(statistics_stalled) (libvirt did not answer
+              a statistics call in 45 s, waiting on a hung QEMU monitor; the budgets hold by the clock and an abort
+              call is bounded the same way), V(resume), V(pause_both) (both hosts
               ran the guest after a failed migration and nothing proved which copy is current), V(measure_failed),
               V(measure_skipped), V(post_copy_unavailable), V(auto_converge_unavailable),
               V(post_copy_recovery_unavailable) (a permission or recovery these hosts cannot honour, dropped),

@@ -207,6 +207,8 @@ class Migration:
     states_after: dict | None = None  # {"source"|"destination": state} each host shows once the job ended
     drop_monitor_after: int | None = None  # the connection reading jobStats dies after this many samples
     destination_down_on_start: bool = False  # the destination's libvirtd dies as start_error is raised
+    monitor_hangs_after: int | None = None  # after this many samples QEMU's monitor answers no more: jobStats and
+    # abortJob block (the daemon still answers keepalive) until the test ends
     client_drops_after: int | None = None  # the connection that called migrateToURI3 dies after this many samples
     # (a blip, a keepalive false alarm): the call returns an error while libvirt goes on with the peer-to-peer job
     destination_down_after: bool = False  # the destination answers no more once the migration failed (pre-copy)
@@ -241,6 +243,7 @@ class Migration:
         self.started = threading.Event()
         self.ended = threading.Event()
         self.client_gone = threading.Event()
+        self.monitor_back = threading.Event()  # set at the test's end: a hung monitor's calls return
         self.error = None
 
     @property
@@ -359,6 +362,7 @@ class FakeCloud:
         with self.lock:
             for host in self.hosts.values():
                 for guest in host.guests.values():
+                    guest.migration.monitor_back.set()
                     if not guest.migration.ended.is_set():
                         guest.migration.error = libvirtError("fake: the test ended", C.VIR_ERR_OPERATION_ABORTED)
                         guest.migration.ended.set()
@@ -850,6 +854,7 @@ class FakeDomain:
         job = guest.migration
         if not job.ended.is_set():
             job.started.wait(1)  # the runner polls right after starting migrateToURI3 in its thread
+        self._wait_for_a_hung_monitor(job)
         with cloud.lock:
             if not job.active:
                 return {"type": C.VIR_DOMAIN_JOB_NONE}
@@ -889,7 +894,13 @@ class FakeDomain:
                 job.post_copy_at = len(job.samples)
             return 0
 
+    @staticmethod
+    def _wait_for_a_hung_monitor(job):
+        if job.monitor_hangs_after is not None and job.samples_served >= job.monitor_hangs_after:
+            job.monitor_back.wait(JOB_LIMIT_S)
+
     def abortJob(self):
+        self._wait_for_a_hung_monitor(self._guest().migration)
         with self.conn.cloud.lock:
             guest = self._guest()
             job = guest.migration

@@ -301,6 +301,19 @@ def test_a_guest_refused_before_its_migration_started_is_tried_on_another_host(c
     assert [call[1] for call in mover.calls] == ["hv2", "hv3"]
 
 
+def test_a_paused_guest_refused_by_the_migration_stays_named_on_the_source(cloud, hv1):
+    """Preflight only warns about a paused guest; the migration refuses it before anything moves."""
+    add_guests(cloud, hv1, "dozing")
+    hv1.guests["dozing"].state, hv1.guests["dozing"].reason = C.VIR_DOMAIN_PAUSED, C.VIR_DOMAIN_PAUSED_USER
+    mover = Mover(cloud, outcomes={("dozing", "hv2"): "refused_before_start", ("dozing", "hv3"):
+                                   "refused_before_start"})
+    cloud.add_host("hv3")
+    result = evacuate(cloud, mover, retries=1)
+    entry = result.entries["dozing"]
+    assert (entry["status"], entry["owner"], entry["attempts"]) == ("failed", "hv1", 2)
+    assert "no retry left; it runs on hv1" in entry["why"]
+
+
 def test_a_source_that_cannot_be_read_at_the_end_keeps_the_report_and_fails(cloud, hv1, hv2):
     add_guests(cloud, hv1, "a")
 

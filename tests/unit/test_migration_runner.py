@@ -803,6 +803,22 @@ def test_a_job_that_outlives_its_broken_call_still_obeys_the_time_budget(cloud, 
     assert where(cloud) == {"hv1": "running", "hv2": None}
 
 
+def test_a_hung_qemu_monitor_does_not_stop_the_clock_the_abort_or_the_final_check(cloud, hv1, hv2, clock,
+                                                                                  monkeypatch):
+    """libvirt still answers keepalive, but its worker waits on the guest's QEMU for ever: jobStats and abortJob
+    never return. The runner's calls are bounded: the time budget aborts by the clock, the abort is bounded too, and
+    the result names the host libvirt shows running the guest, touching nothing more."""
+    monkeypatch.setattr(MigrationRunner, "call_timeout_s", 0.05)
+    job = Migration(samples=SLOW, monitor_hangs_after=2)
+    cloud.add_guest(hv1, "web01", migration=job)
+    result = run(cloud, clock, timeout_s=5)
+    assert (result.status, result.owner) == ("failed", "hv1")
+    whats = [action["what"] for action in result.actions]
+    # One stalled call of each kind: none is stacked on a call that has not returned.
+    assert whats == ["statistics_stalled", "abort", "abort_retry", "abort_timeout"], result.actions
+    assert where(cloud) == {"hv1": "running", "hv2": None}
+
+
 def broken_post_copy(cloud, hv1, hv2, **job):
     """The state a cut link leaves (libvirt >= 8.5): both halves in post-copy-failed, the source's job kept."""
     migration = Migration(**job)

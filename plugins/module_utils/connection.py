@@ -19,6 +19,7 @@ import threading
 import traceback
 from urllib.parse import urlsplit
 
+from ansible_collections.kvm.live_migration.plugins.module_utils.bounded import BoundedCall, CallTimedOut
 from ansible_collections.kvm.live_migration.plugins.module_utils.errors import MigrationError, libvirt_errors
 from ansible_collections.kvm.live_migration.plugins.module_utils.features import dotted_version
 from ansible_collections.kvm.live_migration.plugins.module_utils.libvirtxml import parse_capabilities
@@ -45,6 +46,7 @@ _EVENT_LOOPS = {}  # binding -> the thread that runs its default event loop
 # closes the connection, and every call blocked on it returns with an error instead of waiting forever.
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 6
+OPEN_TIMEOUT_S = 30
 
 
 def start_event_loop(lv):
@@ -116,11 +118,16 @@ class GuestState:
 class Hypervisor:
     """One libvirt connection to one hypervisor. Use as a context manager."""
 
+    # Keepalive starts once a connection is open: before that, a host whose link silently drops packets would hold
+    # the open for the kernel's connect timeout (minutes), stretching every budget that opens one again.
+    open_timeout_s = OPEN_TIMEOUT_S
+
     def __init__(self, uri, libvirt_module=None, events=False):
         """``events``: receive domain events on this connection (starts libvirt's event loop)."""
         self.uri = uri
         self.lv = libvirt_module or libvirt
         self.events = events
+        self._opening = BoundedCall("opening the connection", self.open_timeout_s)
         self._conn = None
         self._hostname = None
 
@@ -140,7 +147,12 @@ class Hypervisor:
         self.lv.registerErrorHandler(_discard_libvirt_error, None)
         start_event_loop(self.lv)  # events need it, and so does keepalive, which every connection gets
         with libvirt_errors(self.lv, f"connecting to libvirt at {self.uri}"):
-            self._conn = self.lv.open(self.uri)
+            try:
+                self._conn = self._opening(self.lv.open, self.uri)
+            except CallTimedOut as stalled:
+                raise MigrationError(f"connecting to libvirt at {self.uri} failed: {stalled}",
+                                     fix="check that the host answers on its network (a link that drops packets "
+                                         "answers nothing) and that libvirtd runs there") from None
         self._keep_alive()
 
     def _keep_alive(self):

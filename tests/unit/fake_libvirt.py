@@ -317,6 +317,8 @@ class FakeHost:
     transient_pools: list = field(default_factory=list)  # names of the transient pools alive now
     refuses_define: str | None = None  # defineXML fails with this message
     refuses_undefine: bool = False  # the guests this host defines refuse undefine
+    silent: bool = False  # its link drops packets: opening a connection waits until ``answering`` is set
+    answering: threading.Event = field(default_factory=threading.Event)
 
     def by_uuid(self, value):
         value = value.lower().replace("-", "")
@@ -350,6 +352,8 @@ class FakeCloud:
 
     def open(self, uri):
         host = self.hosts.get(uri)
+        if host is not None and host.silent:  # packets dropped: nothing answers until the kernel gives up
+            host.answering.wait(JOB_LIMIT_S)
         if host is None or host.down:
             raise libvirtError(f"Cannot recv data: ssh: Could not resolve hostname {uri}: Name or service not known",
                                C.VIR_ERR_SYSTEM_ERROR)
@@ -361,6 +365,7 @@ class FakeCloud:
         """End every migration still blocked (for test teardown)."""
         with self.lock:
             for host in self.hosts.values():
+                host.answering.set()
                 for guest in host.guests.values():
                     guest.migration.monitor_back.set()
                     if not guest.migration.ended.is_set():

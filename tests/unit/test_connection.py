@@ -130,6 +130,19 @@ def test_every_connection_gets_keepalive_so_no_call_waits_forever_on_a_dead_peer
         assert plain.conn.keepalive == watching.conn.keepalive == (KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
 
 
+def test_opening_a_connection_to_a_host_that_drops_every_packet_is_bounded(cloud, hv1, lv, monkeypatch):
+    """Keepalive only starts once a connection is open; before that, a silent link would hold the open for minutes."""
+    monkeypatch.setattr(Hypervisor, "open_timeout_s", 0.05)
+    hv1.silent = True
+    hypervisor = Hypervisor(SOURCE_URI, lv)
+    with pytest.raises(MigrationError, match=r"^connecting to libvirt at qemu:///system failed: opening the "
+                                             r"connection did not return within 0.05 s"):
+        hypervisor.open()
+    assert hypervisor.revive() is False  # a second try is not stacked on the first, still waiting
+    hv1.silent = False
+    hv1.answering.set()
+
+
 def test_a_connection_that_died_is_opened_again_once_its_host_answers(cloud, hv1, lv):
     """Keepalive closes the connection to a host behind a cut link; the end of a run reads that host again."""
     with Hypervisor(SOURCE_URI, lv) as hypervisor:

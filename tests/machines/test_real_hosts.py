@@ -113,10 +113,19 @@ def test_the_firewall_refuses_migration_until_the_role_opens_it(hosts, tmp_path)
     assert opened["failed"] is False, failures(opened)
 
 
+def input_rules(hosts, name):
+    """The rules of the machine's input chain, in order."""
+    listed = hosts.ssh(name, "nft list chain inet filter input")
+    return [line.strip() for line in listed.splitlines()
+            if line.strip() and not line.strip().startswith(("table", "chain", "type", "}"))]
+
+
 def test_the_firewall_rule_and_libvirtd_survive_a_reboot(hosts):
     # The next test's second run proves the role changes nothing on it after the reboot.
+    live = input_rules(hosts, "deb13")
+    assert "kvm.live_migration" in live[0], live  # inserted first, before the admin's own rules
     machines("reboot", "deb13")
-    assert "kvm.live_migration" in hosts.ssh("deb13", "nft list ruleset")
+    assert input_rules(hosts, "deb13") == live  # loaded at boot in the same place
     assert hosts.ssh("deb13", "systemctl is-enabled libvirtd libvirtd.socket").split() == ["enabled", "enabled"]
     assert hosts.ssh("deb13", "systemctl is-active libvirtd.socket").strip() == "active"
     assert "Running hypervisor: QEMU" in hosts.ssh("deb13", "virsh -c qemu:///system version")
@@ -153,6 +162,22 @@ def test_a_restart_left_pending_by_a_failed_run_happens_on_the_next_run(hosts):
     assert code == 0, output[-6000:]
     assert hosts.libvirtd_pid("deb12") != before
     assert hosts.ssh("deb12", "ls /run/kvm-live-migration.restart-pending", check=False).strip() == ""
+
+
+def test_the_migration_ports_open_to_the_given_sources_only_and_the_running_rules_follow_the_file(hosts, tmp_path):
+    """The machines' network, 10.251.78.0/24, is where every peer connects from; the migrations below run under it."""
+    wider_on_deb12 = tmp_path / "deb12.yml"  # as the test before left it
+    wider_on_deb12.write_text("all:\n  hosts:\n    deb12:\n      hypervisor_migration_port_max: 49300\n")
+    code, output = hosts.prepare(extra_vars={"hypervisor_migration_sources": ["10.251.78.0/24"]},
+                                 more_inventory=wider_on_deb12)
+    assert code == 0, output[-6000:]
+    for name in NAMES:
+        ours = [rule for rule in input_rules(hosts, name) if "kvm.live_migration" in rule]
+        assert len(ours) == 1 and ours[0].startswith("ip saddr") and "10.251.78.0/24" in ours[0], ours
+        assert "16514" not in ours[0]
+        assert "ip saddr { 10.251.78.0/24 }" in hosts.ssh(name, "cat /etc/nftables.d/kvm-live-migration.nft")
+    opened = hosts.module("deb11", "preflight", {"name": GUEST, "dest_host": "deb12"}, tmp_path)
+    assert opened["failed"] is False, failures(opened)
 
 
 @pytest.mark.parametrize(("source", "destination", "core"), [("deb11", "deb12", OLDEST_CORE),

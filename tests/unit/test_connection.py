@@ -153,6 +153,7 @@ def test_a_connection_that_died_is_opened_again_once_its_host_answers(cloud, hv1
         assert (hypervisor.alive(), hypervisor.revive()) == (False, False)  # still unreachable: nothing to read
         hv1.down = False
         assert hypervisor.revive() and hypervisor.conn is not first and hypervisor.alive()
+        assert hypervisor.conn.keepalive == (KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)  # a reopened one too
         assert hypervisor.conn.keepalive == (KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
 
 

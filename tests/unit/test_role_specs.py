@@ -232,3 +232,40 @@ def test_a_controller_without_the_ca_key_never_mints_a_second_ca_for_hosts_that_
     if refused:
         assert outcome["msg"].startswith("h2 already trust a CA (/etc/pki/CA/cacert.pem), but this controller has no "
                                          f"CA key in {ca_dir}")
+
+
+@pytest.mark.parametrize(("sources", "nft", "rich"), [
+    ([], ['tcp dport { 22, 49152-49215 } accept comment "kvm.live_migration"'], []),
+    (["192.0.2.0/24", "198.51.100.7", "2001:db8::/64"],
+     ['ip saddr { 192.0.2.0/24, 198.51.100.7 } tcp dport { 22, 49152-49215 } accept comment "kvm.live_migration"',
+      'ip6 saddr { 2001:db8::/64 } tcp dport { 22, 49152-49215 } accept comment "kvm.live_migration"'],
+     ['rule family="ipv4" source address="192.0.2.0/24" port port="22" protocol="tcp" accept',
+      'rule family="ipv4" source address="192.0.2.0/24" port port="49152-49215" protocol="tcp" accept',
+      'rule family="ipv4" source address="198.51.100.7" port port="22" protocol="tcp" accept',
+      'rule family="ipv4" source address="198.51.100.7" port port="49152-49215" protocol="tcp" accept',
+      'rule family="ipv6" source address="2001:db8::/64" port port="22" protocol="tcp" accept',
+      'rule family="ipv6" source address="2001:db8::/64" port port="49152-49215" protocol="tcp" accept']),
+], ids=["any-source", "restricted"])
+def test_the_firewall_opens_ssh_and_the_migration_ports_to_the_sources_given(tmp_path, sources, nft, rich):
+    """16514 is not opened: nothing listens there (the role does not make libvirtd listen on TLS)."""
+    chain = ("table inet filter {\n chain input { # handle 1\n  tcp dport 22 accept # handle 4\n"
+             '  tcp dport { 22, 16514, 49152-49215 } accept comment "kvm.live_migration" # handle 9\n }\n}')
+    results = run_role_templates(tmp_path, [
+        {"name": "rules", "ansible.builtin.debug": {"msg": {
+            "nft": "{{ _hypervisor_nft_rules }}", "rich": "{{ _hypervisor_firewalld_rich_rules }}",
+            "handles": "{{ _hypervisor_nft_handles }}"}},
+         "vars": {"hypervisor_migration_sources": sources,
+                  "_hypervisor_nft_chain": {"stdout_lines": chain.splitlines()}}},
+    ], hosts=("h1",))
+    assert results["rules"]["h1"]["msg"] == {"nft": nft, "rich": rich, "handles": ["9"]}
+
+
+@pytest.mark.parametrize("source", ["hv2", "192.0.2.0/24; accept", "", "any"])
+def test_a_source_that_is_not_an_address_or_network_is_refused(tmp_path, source):
+    check = task_of("Check the sources the firewall accepts the ports from", "assert.yml")
+    results = run_role_templates(tmp_path, [{**check, "vars": {**check["vars"],
+                                                               "hypervisor_migration_sources": [source]}}],
+                                 hosts=("h1",))
+    [outcome] = results["Check the sources the firewall accepts the ports from"].values()
+    assert outcome["failed"] is True
+    assert "which is not an IP address or network" in outcome["msg"]

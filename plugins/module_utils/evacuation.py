@@ -510,7 +510,8 @@ class Evacuation:
     def _still_here(self, name):
         """Whether the source reads the guest live there, outside post-copy (False when it cannot tell)."""
         try:
-            state = self.source.guest_state(name)
+            domain = self.source.find_domain(name)
+            state = None if domain is None else self.source.describe(domain)
         except MigrationError:
             return False
         return state is not None and state.state != "shutoff" and not state.post_copy

@@ -326,7 +326,7 @@ class MigrationRunner:
             self._watch(watched, followed, timeout_s, memory_bytes)
             followed.error = outcome.error
             outcome = followed
-        if outcome.ended() and self._completed_on_the_destination():
+        if outcome.ended() and self._arrived():
             self._record("completed_unheard", f"the migration call returned '{returned}' as its connection broke, "
                                               "and libvirt shows the guest running on the destination only: the "
                                               "migration completed")
@@ -338,6 +338,12 @@ class MigrationRunner:
             return bool(self.monitor.active_job(watched))
         except MigrationError:
             return False  # the monitor cannot tell either: the ownership check reads both hosts
+
+    def _arrived(self):
+        """Libvirt shows the guest running on the destination only, past any post-copy."""
+        on_source, on_destination = self.ownership.look()
+        return (isinstance(on_destination, GuestState) and on_destination.running and not on_destination.post_copy
+                and not (isinstance(on_source, GuestState) and on_source.running))
 
     def _watch(self, watched, outcome, timeout_s, memory_bytes):
         max_data = self.request.max_data_factor * memory_bytes
@@ -367,8 +373,9 @@ class MigrationRunner:
         if not self.steering.post_copy:
             self._abort(watched, outcome, reason)
             return True
-        self._record_once("budget_exceeded", f"{reason}; post-copy cannot be aborted without losing the guest, so it "
-                                             "runs to its end")
+        if not any(action["what"] == "budget_exceeded" for action in self.actions):
+            self._record("budget_exceeded", f"{reason}; post-copy cannot be aborted without losing the guest, so it "
+                                            "runs to its end")
         return False
 
     def _steer(self, watched, outcome, sample):
@@ -433,8 +440,9 @@ class MigrationRunner:
         try:
             stats = self._stats_call(watched.jobStats)
         except CallTimedOut as stalled:
-            self._record_once("statistics_stalled", f"{stalled}: libvirt waits on the guest's QEMU (a hung monitor); "
-                                                    "the time budget holds by the clock")
+            if not any(action["what"] == "statistics_stalled" for action in self.actions):
+                self._record("statistics_stalled", f"{stalled}: libvirt waits on the guest's QEMU (a hung monitor); "
+                                                   "the time budget holds by the clock")
             return None
         except self.lv.libvirtError:
             # The guest left the source between the check and the call: the job is ending.
@@ -522,12 +530,14 @@ class MigrationRunner:
         result.status, result.error, result.total_time_ms = "completed", None, self._elapsed_ms()
 
     def _completed_on_the_destination(self):
-        """Libvirt shows the guest running on the destination, past post-copy, and no longer on the source (both
-        read): the migration completed, whatever its call said (libvirt finishes a migration whose stream completed
-        after its job was called failed; a call whose connection broke never hears the end)."""
-        here, there = self.ownership.look()
-        return (isinstance(there, GuestState) and there.running and not there.post_copy
-                and (here is None or (isinstance(here, GuestState) and not here.running)))
+        """The guest runs on the destination, past post-copy, and no longer on the source: the post-copy completed
+        (libvirt finishes a migration whose stream completed after its job was called failed)."""
+        try:
+            there = self.destination.guest_state(self.request.name) if self.destination.revive() else None
+            here = self.source.guest_state(self.request.name)
+        except MigrationError:
+            return False
+        return there is not None and there.running and not there.post_copy and (here is None or not here.running)
 
     def _destination_unreachable(self):
         """Why the destination cannot be asked now (its link or libvirtd is down), or None. A connection libvirt still
@@ -680,11 +690,6 @@ class MigrationRunner:
 
     def _elapsed_ms(self):
         return 0 if self._started is None else int((self.clock() - self._started) * 1000)
-
-    def _record_once(self, what, why):
-        """Record ``what`` unless the run already did: a condition that lasts is told once."""
-        if not any(action["what"] == what for action in self.actions):
-            self._record(what, why)
 
     def _record(self, what, why, value=None, step=False):
         """Append an action to the result; ``step`` marks one the policy decided (its verdict comes later)."""

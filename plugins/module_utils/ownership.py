@@ -215,9 +215,12 @@ class Ownership:
                                  "that, and never run the guest on both")
 
     def _refuse_unread_switch_over(self, source, destination, status):
-        unread = SWITCHED_OVER_UNREAD.format(name=self.name, source=source, destination=destination, status=status)
-        self.record("destination_unread_after_switch_over", unread)
-        raise MigrationError(f"cannot tell where guest {self.name!r} runs: {unread} ({self.shown_text()})",
+        self.record("destination_unread_after_switch_over",
+                    SWITCHED_OVER_UNREAD.format(name=self.name, source=source, destination=destination, status=status))
+        raise MigrationError(f"cannot tell where guest {self.name!r} runs: "
+                             + SWITCHED_OVER_UNREAD.format(name=self.name, source=source, destination=destination,
+                                                           status=status)
+                             + f" ({self.shown_text()})",
                              fix=SWITCHED_OVER_FIX.format(name=self.name, source=source, destination=destination))
 
     def runs_only_on_source(self):
